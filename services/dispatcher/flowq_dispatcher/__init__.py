@@ -1,0 +1,1 @@
+"""flowq dispatcher service."""

@@ -1,0 +1,1 @@
+"""flowq executor service."""
