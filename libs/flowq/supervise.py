@@ -1,0 +1,76 @@
+"""Supervised background loops: a crash is logged, counted and restarted with backoff.
+
+A loop that must live (consumer, claimer, sweep, heartbeat) never silently ends the process
+and never spins: each restart waits longer, up to FLOWQ_BACKOFF_MAX_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import Counter
+
+from flowq.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+LOOP_RESTARTS = Counter(
+    "flowq_loop_restarts_total", "Background loops restarted after an unexpected error.", ["loop"]
+)
+
+
+class Supervisor:
+    """Owns a fixed set of named loops; `stop()` cancels and awaits every one of them."""
+
+    def __init__(self, backoff_max_seconds: float = 300.0) -> None:
+        self.backoff_max_seconds = backoff_max_seconds
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def spawn(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run `loop()` until it returns; restart it with backoff when it raises."""
+        if name in self._tasks:
+            raise ValueError(f"loop {name!r} already running")
+        self._tasks[name] = asyncio.create_task(self._run(name, loop), name=name)
+
+    async def _run(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        backoff = Backoff(base=0.5, cap=self.backoff_max_seconds)
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = backoff.next()
+                LOOP_RESTARTS.labels(loop=name).inc()
+                log.exception(
+                    "loop crashed; restarting",
+                    extra={"loop": name, "restarts": backoff.failures, "restart_in_seconds": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+
+    def alive(self) -> bool:
+        """False when a loop ended by itself (a loop that must live has stopped)."""
+        return all(not task.done() for task in self._tasks.values())
+
+    async def wait(self, *names: str, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the named loops to return by themselves."""
+        tasks = [self._tasks[name] for name in names if name in self._tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def stop(self, *names: str, timeout: float = 10.0) -> None:
+        """Cancel the named loops (all when none named) and wait for them, in the order given."""
+        for name in names or list(self._tasks):
+            task = self._tasks.pop(name, None)
+            if task is None:
+                continue
+            task.cancel()
+            try:
+                await asyncio.wait_for(task, timeout)
+            except (asyncio.CancelledError, TimeoutError):
+                pass
+            except Exception:
+                log.exception("loop failed while stopping", extra={"loop": name})

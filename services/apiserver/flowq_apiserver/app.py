@@ -1,0 +1,78 @@
+"""Wiring of the apiserver: SQL, Redis, the gRPC servicer and the REST gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from flowq import stream
+from flowq.config import Settings
+from flowq.db import Database
+from flowq.grpcutil import CHANNEL_OPTIONS
+from flowq.keys import Keys
+from flowq.lifecycle import Service
+from flowq.metrics import metrics_route
+from flowq.rest import build_gateway
+from flowq.v1 import workflow_service_pb2, workflow_service_pb2_grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from flowq_apiserver.servicer import WorkflowServicer
+
+SERVICE = workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"]
+
+
+class ApiServer(Service):
+    health_name = SERVICE.full_name
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.keys = Keys(settings.key_prefix)
+        self.db = Database(settings.database_url)
+        self.redis = stream.connect(settings.redis_url)
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def http_port(self) -> int:
+        return self.settings.http_port
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        servicer = WorkflowServicer(self.db, self.redis, self.keys, shell_allowed=self.settings.executor_allow_shell)
+        workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(servicer, server)
+        return [SERVICE.full_name]
+
+    def http_app(self, grpc_target: str) -> ASGIApp:
+        # The gateway calls our own gRPC server over loopback: REST gets gRPC's validation and errors.
+        self._channel = grpc.aio.insecure_channel(grpc_target, options=CHANNEL_OPTIONS)
+        return build_gateway(
+            self._channel,
+            [SERVICE],
+            extra_routes=[
+                metrics_route,
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/readyz", self._readyz, methods=["GET"]),
+            ],
+        )
+
+    async def _healthz(self, _request: Request) -> JSONResponse:
+        return JSONResponse({"status": "SERVING"})
+
+    async def _readyz(self, _request: Request) -> JSONResponse:
+        try:
+            await self.check_ready()
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return JSONResponse({"status": "NOT_SERVING", "error": f"{type(exc).__name__}: {exc}"}, status_code=503)
+        return JSONResponse({"status": "SERVING"})
+
+    async def check_ready(self) -> None:
+        # Only SQL: with Redis down, ExecWorkflow still stores tasks and the sweep enqueues them later.
+        await self.db.ping()
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        await self.redis.aclose()
+        await self.db.close()

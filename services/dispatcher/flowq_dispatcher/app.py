@@ -1,0 +1,100 @@
+"""Wiring of the dispatcher: the stream consumer, the claimer, the sweeps and QueueService."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import grpc
+from flowq import stream
+from flowq.config import Settings
+from flowq.db import Database
+from flowq.errors import ResourceExhaustedError, UnavailableError
+from flowq.grpcutil import CHANNEL_OPTIONS
+from flowq.keys import Keys
+from flowq.lifecycle import Service
+from flowq.supervise import Supervisor
+from flowq.v1 import (
+    executor_service_pb2,
+    executor_service_pb2_grpc,
+    queue_service_pb2,
+    queue_service_pb2_grpc,
+)
+
+from flowq_dispatcher import sweep
+from flowq_dispatcher.consumer import Consumer
+from flowq_dispatcher.handling import ExecutorAnswer
+from flowq_dispatcher.servicer import QueueServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE = queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"]
+EXECUTOR_CALL_TIMEOUT_SECONDS = 10.0
+
+
+class Dispatcher(Service):
+    health_name = SERVICE.full_name
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.keys = Keys(settings.key_prefix)
+        self.db = Database(settings.database_url)
+        self.redis = stream.connect(settings.redis_url)
+        self.channel: grpc.aio.Channel | None = None
+        self.consumer = Consumer(settings, self.db, self.redis, self.keys, self._run_task)
+        self.loops: Supervisor | None = None
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        queue_service_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.redis, self.keys), server)
+        return [SERVICE.full_name]
+
+    async def start(self, loops: Supervisor) -> None:
+        self.channel = grpc.aio.insecure_channel(self.settings.executor_target, options=CHANNEL_OPTIONS)
+        self.executor = executor_service_pb2_grpc.ExecutorServiceStub(self.channel)
+        self.loops = loops
+        loops.spawn("read", self.consumer.read_loop)
+        loops.spawn("claim", self.consumer.claim_loop)
+        loops.spawn("sweep", self._sweep_loop)
+
+    async def _run_task(self, task_id: str, attempt: int) -> ExecutorAnswer:
+        try:
+            reply = await self.executor.RunTask(
+                executor_service_pb2.RunTaskRequest(task_id=task_id, attempt=attempt),
+                timeout=EXECUTOR_CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise ResourceExhaustedError(f"executor busy: {exc.details()}") from None
+            raise UnavailableError(f"executor {exc.code().name}: {exc.details()}") from None
+        return ExecutorAnswer(reply.accepted, reply.reason)
+
+    async def _sweep_loop(self) -> None:
+        while not self.consumer.stopping.is_set():
+            try:
+                await sweep.recover_orphans(self.db, self.redis, self.keys, self.settings.lease_ttl_seconds)
+                await sweep.requeue_stale(self.db, self.redis, self.keys, self.settings.requeue_after_seconds)
+            except Exception as exc:  # noqa: BLE001 - database or Redis blip: next round
+                log.warning("sweep failed; retrying next round", extra={"error": str(exc)})
+            try:
+                await asyncio.wait_for(self.consumer.stopping.wait(), self.settings.sweep_interval_seconds)
+            except TimeoutError:
+                pass
+
+    async def check_ready(self) -> None:
+        await self.db.ping()
+        await self.redis.ping()
+
+    async def drain(self, grace_seconds: float) -> None:
+        # Stop reading; the batch in hand settles (each executor call has a deadline); whatever is
+        # not acked stays pending and another dispatcher claims it.
+        self.consumer.stopping.set()
+        if self.loops is not None:
+            await self.loops.wait("read", "claim", "sweep", timeout=grace_seconds)
+
+    async def stop(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+        await self.redis.aclose()
+        await self.db.close()

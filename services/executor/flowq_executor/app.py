@@ -1,0 +1,50 @@
+"""Wiring of the executor: SQL, Redis, the task runner and its heartbeat."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from flowq import stream
+from flowq.config import Settings
+from flowq.db import Database
+from flowq.keys import Keys
+from flowq.lifecycle import Service
+from flowq.supervise import Supervisor
+from flowq.v1 import executor_service_pb2, executor_service_pb2_grpc
+
+from flowq_executor.runner import TaskRunner
+from flowq_executor.servicer import ExecutorServicer
+
+SERVICE = executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"]
+
+
+class Executor(Service):
+    health_name = SERVICE.full_name
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.db = Database(settings.database_url)
+        self.redis = stream.connect(settings.redis_url)
+        self.runner = TaskRunner(settings, self.db, self.redis, Keys(settings.key_prefix))
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(self.runner), server)
+        return [SERVICE.full_name]
+
+    async def start(self, loops: Supervisor) -> None:
+        # Hold a lease before taking any task, so no claim is ever without one.
+        await self.runner.first_heartbeat()
+        loops.spawn("heartbeat", self.runner.heartbeat_loop)
+
+    async def check_ready(self) -> None:
+        await self.db.ping()
+        if self.runner.draining:
+            raise RuntimeError("draining")
+
+    async def drain(self, grace_seconds: float) -> None:
+        await self.runner.drain(grace_seconds)
+
+    async def stop(self) -> None:
+        await self.redis.aclose()
+        await self.db.close()

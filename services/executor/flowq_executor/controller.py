@@ -1,0 +1,252 @@
+"""The step controller: runs one claimed task's steps as ARCHITECTURE.md's "Controller semantics".
+
+STEP_BY_STEP is a DAG in which every step depends on all steps of lower priority, at most
+`maxConcurrency` (default 1) at once, always fail-fast. DAG uses `dependsOn`, `maxConcurrency`
+(0 = unlimited) and `failFast`. Steps that already succeeded are never run again.
+Every write goes through the fence; when it moved, the controller stops without touching state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from flowq import status
+from flowq.db import Database, utcnow
+from flowq.errors import FencedError
+from flowq.log import log_context
+from flowq.steptypes import STEP_TYPES
+from flowq.v1 import types_pb2
+from google.protobuf import json_format
+
+from flowq_executor import repository
+from flowq_executor.jobs import StepContext, StepFailedError, make_job
+from flowq_executor.repository import Claimed
+
+log = logging.getLogger(__name__)
+
+FAILED_LIKE = frozenset({status.FAILED, status.SKIPPED, status.CANCELLED})
+
+
+@dataclass
+class Plan:
+    order: list[types_pb2.Step]
+    deps: dict[str, set[str]]
+    limit: int | None
+    fail_fast: bool
+
+
+def make_plan(workflow: types_pb2.Workflow) -> Plan:
+    steps = list(workflow.steps)
+    if workflow.mode == types_pb2.DAG:
+        return Plan(steps, {s.name: set(s.depends_on) for s in steps}, workflow.max_concurrency or None,
+                    workflow.fail_fast)
+    order = sorted(steps, key=lambda s: s.priority)  # stable: declared order within a priority
+    deps = {s.name: {o.name for o in steps if o.priority < s.priority} for s in steps}
+    return Plan(order, deps, max(1, workflow.max_concurrency), True)
+
+
+@dataclass
+class _Stop:
+    """Why the controller is stopping its running steps."""
+
+    reason: str = ""  # fail-fast | cancelled | timeout | released | fenced
+    message: str = ""
+
+
+@dataclass
+class TaskController:
+    db: Database
+    claimed: Claimed
+    allow_shell: bool
+    #: Hands the task back to the queue (RUNNING -> QUEUED, epoch + 1, re-enqueued).
+    hand_back: Callable[[repository.Fence, str], Awaitable[None]]
+    #: Called when the task ended or was handed back; the runner frees the slot.
+    on_done: Callable[[], None] = lambda: None
+    stop: _Stop = field(default_factory=_Stop)
+    _steps: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
+
+    @property
+    def fence(self) -> repository.Fence:
+        return self.claimed.fence
+
+    def request_stop(self, reason: str, message: str = "") -> None:
+        """Stop every running step now (cancel, timeout, release, fence moved)."""
+        if not self.stop.reason:
+            self.stop.reason, self.stop.message = reason, message
+        for task in self._steps.values():
+            task.cancel()
+
+    async def run(self) -> None:
+        with log_context(task_id=self.fence.task_id, attempt=self.fence.attempt):
+            try:
+                await self._run()
+            except FencedError as exc:
+                log.warning("fence moved; stopping without touching the task", extra={"error": exc.message})
+                self.request_stop("fenced")
+                await self._await_steps()
+            except Exception as exc:
+                # A database error mid-run: do not sit on the task; hand it back for another try.
+                log.exception("task run failed; handing the task back")
+                self.request_stop("released", f"executor error: {type(exc).__name__}: {exc}")
+                await self._await_steps()
+                await self.hand_back(self.fence, self.stop.message)
+            finally:
+                self.on_done()
+
+    async def _run(self) -> None:
+        workflow = json_format.ParseDict(self.claimed.spec, types_pb2.Workflow(), ignore_unknown_fields=True)
+        plan = make_plan(workflow)
+        states = {name: st for name, (st, _attempts) in self.claimed.steps.items()}
+        attempts = {name: a for name, (_st, a) in self.claimed.steps.items()}
+        pending = [s for s in plan.order if states.get(s.name) not in (status.SUCCEEDED, status.SKIPPED)]
+        failures: list[tuple[str, str, bool]] = []  # (step, message, timed out)
+        deadline = workflow.timeout_seconds or None
+        log.info("task started", extra={"steps": len(plan.order), "resumed_steps": len(plan.order) - len(pending)})
+        try:
+            async with asyncio.timeout(deadline):
+                await self._schedule(plan, pending, states, attempts, failures)
+        except TimeoutError:
+            self.request_stop("timeout", f"task exceeded its timeout of {deadline}s")
+            await self._await_steps()
+        await self._finish(failures)
+
+    async def _schedule(self, plan: Plan, pending: list[types_pb2.Step], states: dict[str, str],
+                        attempts: dict[str, int], failures: list[tuple[str, str, bool]]) -> None:
+        waiting = list(pending)
+        while waiting or self._steps:
+            if self.stop.reason:
+                break
+            for step in list(waiting):
+                if any(states.get(d) in FAILED_LIKE for d in plan.deps[step.name]):
+                    waiting.remove(step)
+                    states[step.name] = status.SKIPPED
+                    async with self.db.session() as s:
+                        await repository.update_step(s, self.fence, step.name, status=status.SKIPPED,
+                                                     message="a step it depends on did not succeed")
+            for step in list(waiting):
+                if plan.limit is not None and len(self._steps) >= plan.limit:
+                    break
+                if all(states.get(d) == status.SUCCEEDED for d in plan.deps[step.name]):
+                    waiting.remove(step)
+                    self._steps[step.name] = asyncio.create_task(
+                        self._run_step(step, attempts.get(step.name, 0), failures), name=f"step:{step.name}"
+                    )
+            if not self._steps:
+                break
+            done, _ = await asyncio.wait(self._steps.values(), return_when=asyncio.FIRST_COMPLETED)
+            for name, task in list(self._steps.items()):
+                if task not in done:
+                    continue
+                del self._steps[name]
+                if task.cancelled():
+                    states[name] = status.CANCELLED
+                    continue
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+                states[name] = status.SUCCEEDED if task.result() else status.FAILED
+                if not task.result() and plan.fail_fast:
+                    self.request_stop("fail-fast", f"step {name!r} failed")
+        await self._await_steps()
+
+    async def _await_steps(self) -> None:
+        if self._steps:
+            await asyncio.gather(*self._steps.values(), return_exceptions=True)
+            self._steps.clear()
+
+    async def _run_step(self, step: types_pb2.Step, prior_attempts: int,
+                        failures: list[tuple[str, str, bool]]) -> bool:
+        """Run one step with its timeout and retries; True when it succeeded."""
+        with log_context(step=step.name):
+            step_type = STEP_TYPES.get(step.type)
+            timeout = step.timeout_seconds or (step_type.default_timeout_seconds if step_type else 60)
+            allowed = max(1, step.retry.max_attempts)
+            props = json_format.MessageToDict(step.properties)
+            for n in range(1, allowed + 1):
+                attempt = prior_attempts + n
+                async with self.db.session() as s:
+                    await repository.update_step(s, self.fence, step.name, status=status.RUNNING, attempts=attempt,
+                                                 message="", started_at=utcnow(), finished_at=None,
+                                                 event="step-started", event_message=f"{step.name} attempt {attempt}")
+                ctx = StepContext(self.fence.task_id, self.claimed.app_id, self.claimed.workflow_name, step.name,
+                                  attempt, props, self.allow_shell)
+                output, timed_out = "", False
+                job = None
+                try:
+                    job = make_job(step.type, ctx)
+                    async with asyncio.timeout(timeout):
+                        output = await job.run()
+                except StepFailedError as exc:
+                    message, output = exc.message, exc.output
+                except TimeoutError:
+                    message, timed_out = f"timeout: the step ran longer than its timeoutSeconds ({timeout}s)", True
+                except asyncio.CancelledError:
+                    await self._clean(step, job)
+                    if self.stop.reason in ("fail-fast", "cancelled", "timeout"):
+                        async with self.db.session() as s:
+                            await repository.update_step(
+                                s, self.fence, step.name, status=status.CANCELLED, finished_at=utcnow(),
+                                message=f"stopped: {self.stop.message or self.stop.reason}",
+                                event="step-cancelled", event_message=step.name)
+                    raise
+                else:
+                    async with self.db.session() as s:
+                        await repository.update_step(s, self.fence, step.name, status=status.SUCCEEDED,
+                                                     output=output, finished_at=utcnow(), event="step-succeeded",
+                                                     event_message=step.name)
+                    return True
+                await self._clean(step, job)
+                if n < allowed:
+                    delay = step.retry.backoff_seconds * (2 ** (n - 1)) * random.uniform(0.8, 1.2)
+                    async with self.db.session() as s:
+                        await repository.update_step(
+                            s, self.fence, step.name, output=output,
+                            message=f"attempt {attempt} failed: {message}; retrying in {delay:.1f}s",
+                            event="step-retrying", event_message=f"{step.name}: {message}")
+                    await asyncio.sleep(delay)
+                    continue
+                async with self.db.session() as s:
+                    await repository.update_step(s, self.fence, step.name, status=status.FAILED, message=message,
+                                                 output=output, finished_at=utcnow(), event="step-failed",
+                                                 event_message=f"{step.name}: {message}")
+                failures.append((step.name, message, timed_out))
+                log.info("step failed", extra={"error": message})
+                return False
+            return False
+
+    async def _clean(self, step: types_pb2.Step, job: object | None) -> None:
+        if job is None:
+            return
+        try:
+            await asyncio.shield(job.clean())  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - recorded, never hides the step's own error
+            log.warning("clean failed", extra={"error": str(exc)})
+            with contextlib.suppress(FencedError):
+                async with self.db.session() as s:
+                    await repository.update_step(s, self.fence, step.name, event="clean-failed",
+                                                 event_message=f"{step.name}: {exc}")
+
+    async def _finish(self, failures: list[tuple[str, str, bool]]) -> None:
+        reason = self.stop.reason
+        if reason == "fenced":
+            return  # the task belongs to someone else now
+        if reason == "released":
+            await self.hand_back(self.fence, self.stop.message)
+            return
+        if reason == "cancelled":
+            final, why, message = status.CANCELLED, status.REASON_CANCELLED, self.stop.message or "cancelled"
+        elif reason == "timeout":
+            final, why, message = status.FAILED, status.REASON_TIMEOUT, self.stop.message
+        elif failures:
+            name, error, timed_out = failures[0]
+            final, why = status.FAILED, status.REASON_TIMEOUT if timed_out else status.REASON_STEP_FAILED
+            message = f"step {name!r} failed: {error}"
+        else:
+            final, why, message = status.SUCCEEDED, "", ""
+        async with self.db.session() as s:
+            await repository.finish_task(s, self.fence, final, why, message)
+        log.info("task finished", extra={"status": final, "reason": why})

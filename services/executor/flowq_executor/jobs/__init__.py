@@ -1,0 +1,21 @@
+"""Step runners by step type (the types and their schemas are named in flowq.steptypes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flowq_executor.jobs.base import Job, StepContext, StepFailedError
+from flowq_executor.jobs.shell import ShellJob
+from flowq_executor.jobs.sleep import SleepJob
+
+RUNNERS: dict[str, Callable[[StepContext], Job]] = {"shell": ShellJob, "sleep": SleepJob}
+
+
+def make_job(step_type: str, ctx: StepContext) -> Job:
+    runner = RUNNERS.get(step_type)
+    if runner is None:
+        raise StepFailedError(f"this executor cannot run {step_type!r} steps; upgrade it or change the workflow")
+    return runner(ctx)
+
+
+__all__ = ["RUNNERS", "Job", "StepContext", "StepFailedError", "make_job"]

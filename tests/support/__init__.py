@@ -1,0 +1,1 @@
+"""Test infrastructure: private Redis/PostgreSQL servers, throw-away databases, service processes."""
