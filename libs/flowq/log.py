@@ -61,5 +61,5 @@ def configure_logging(service: str, instance_id: str, level: str = "INFO") -> No
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries that are chatty at INFO.
-    for name in ("uvicorn.error", "uvicorn.access", "kubernetes", "urllib3", "aiosqlite", "httpx"):
+    for name in ("grpc", "uvicorn.error", "uvicorn.access", "kubernetes", "urllib3", "aiosqlite", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
