@@ -93,7 +93,7 @@ class LocalRedis:
         start_timeout: float = 10.0,
     ) -> None:
         self._own_dir = workdir is None
-        self._dir = Path(workdir) if workdir is not None else None
+        self._dir = Path(workdir).resolve() if workdir is not None else None
         self._port = port
         self._binary = binary
         self._start_timeout = start_timeout

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
-from flowq.config import GRPC_PORTS, METRICS_PORTS, Settings
+from flowq.config import Settings
 from flowq.db.migrate import upgrade
 from flowq.localredis import LocalRedis, redis_answers_sync
 
@@ -63,11 +63,16 @@ def run_stack(data_dir: Path, console: Console) -> int:
         redis_url = redis.url
         console.print(f"  no Redis at {settings.public()['redis_url']}; started a private one at {redis_url}")
 
+    # FLOWQ_GRPC_PORT is the apiserver's; the dispatcher and executor take the next two.
+    # FLOWQ_METRICS_PORT is the dispatcher's metrics port; the executor takes the next one.
+    grpc_ports = {role: settings.grpc_port + i for i, role in enumerate(("apiserver", "dispatcher", "executor"))}
+    metrics_base = Settings.from_env("dispatcher").metrics_port
+    metrics_ports = {"apiserver": settings.http_port, "dispatcher": metrics_base, "executor": metrics_base + 1}
     env = dict(os.environ, FLOWQ_REDIS_URL=redis_url, FLOWQ_DATABASE_URL=settings.database_url,
-               FLOWQ_EXECUTOR_ALLOW_SHELL="true", FLOWQ_EXECUTOR_TARGET=f"127.0.0.1:{GRPC_PORTS['executor']}",
+               FLOWQ_EXECUTOR_ALLOW_SHELL="true", FLOWQ_EXECUTOR_TARGET=f"127.0.0.1:{grpc_ports['executor']}",
                PYTHONUNBUFFERED="1")
     children = [
-        Child(role, GRPC_PORTS[role], health_name, logs / f"{role}.log")
+        Child(role, grpc_ports[role], health_name, logs / f"{role}.log")
         for role, health_name in (("executor", "flowq.v1.ExecutorService"), ("dispatcher", "flowq.v1.QueueService"),
                                   ("apiserver", "flowq.v1.WorkflowService"))
     ]
@@ -89,7 +94,7 @@ def run_stack(data_dir: Path, console: Console) -> int:
     try:
         for child in children:
             child_env = dict(env, FLOWQ_GRPC_PORT=str(child.grpc_port),
-                             FLOWQ_METRICS_PORT=str(METRICS_PORTS[child.role]))
+                             FLOWQ_METRICS_PORT=str(metrics_ports[child.role]))
             with open(child.log_path, "ab") as log_file:
                 child.proc = subprocess.Popen(
                     [sys.executable, "-m", f"flowq_{child.role}"], env=child_env, stdout=log_file,
@@ -110,10 +115,10 @@ def run_stack(data_dir: Path, console: Console) -> int:
             time.sleep(0.2)
         if not stopping:
             for role in ("executor", "dispatcher"):
-                console.print(f"  {role:<11} gRPC 127.0.0.1:{GRPC_PORTS[role]}   "
-                              f"metrics http://127.0.0.1:{METRICS_PORTS[role]}/metrics")
-            console.print(f"  apiserver   gRPC 127.0.0.1:{GRPC_PORTS['apiserver']}   REST "
-                          f"http://127.0.0.1:{settings.http_port}/api/v1  (/openapi.json, /metrics)")
+                console.print(f"  {role:<11} gRPC 127.0.0.1:{grpc_ports[role]}   "
+                              f"metrics http://127.0.0.1:{metrics_ports[role]}/metrics")
+            console.print(f"  apiserver   gRPC 127.0.0.1:{grpc_ports['apiserver']}   "
+                          f"REST http://127.0.0.1:{settings.http_port}/api/v1", soft_wrap=True)
             console.print(f"  logs in {logs}/   [bold green]ready[/bold green]; Ctrl-C stops everything")
         while not stopping:
             for child in children:
