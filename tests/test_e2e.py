@@ -190,3 +190,22 @@ def test_client_reports_server_errors(stack: Stack) -> None:
         flowq.get_workflow("demo", "missing")
     assert err.value.code == "NOT_FOUND"
     assert "missing" in err.value.message
+
+
+def test_rest_watch_streams_every_change_until_the_task_ends(stack: Stack) -> None:
+    workflow = {"steps": [{"name": f"s{i}", "type": "sleep", "properties": {"seconds": 0.6}} for i in range(3)]}
+    assert httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/slow", json=workflow).status_code == 200
+    task_id = httpx.post(f"{stack.base_url}/api/v1/applications/demo/workflow/exec",
+                         json={"workflowName": "slow"}).json()["taskId"]
+    seen = []
+    with httpx.stream("GET", f"{stack.base_url}/api/v1/tasks/{task_id}:watch", timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        for line in response.iter_lines():
+            if line:
+                seen.append(json.loads(line))
+    assert seen[-1]["status"] == "TASK_STATUS_SUCCEEDED"
+    # each step is seen running, in order, before the stream ends
+    running = [next(s["name"] for s in t["steps"] if s["status"] == "STEP_STATUS_RUNNING")
+               for t in seen if any(s["status"] == "STEP_STATUS_RUNNING" for s in t["steps"])]
+    assert sorted(set(running), key=running.index) == ["s0", "s1", "s2"]
