@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_OUT ?= libs
 GOOGLEAPIS = $$($(BIN)/python -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
 
-.PHONY: install run test proto lint bench clean
+.PHONY: install run test proto lint clean
 
 install: $(STAMP)
 

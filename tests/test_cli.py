@@ -21,9 +21,15 @@ def stack(procs, sqlite_database_url, redis_server_url, key_prefix) -> Stack:
 
 
 def flowq(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "FLOWQ_SERVER": stack.target(), "FLOWQ_QUEUE_SERVER": stack.target("dispatcher"),
-           "COLUMNS": "200"}
-    done = subprocess.run([FLOWQ, *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FLOWQ_SERVER": stack.target(),
+        "FLOWQ_QUEUE_SERVER": stack.target("dispatcher"),
+        "COLUMNS": "200",
+    }
+    done = subprocess.run(
+        [FLOWQ, *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT
+    )
     if check:
         assert done.returncode == 0, f"flowq {' '.join(args)}: {done.stdout}\n{done.stderr}"
     return done
@@ -74,7 +80,9 @@ def test_errors_print_the_servers_message_and_exit_non_zero(stack: Stack, tmp_pa
 
 def test_failed_task_makes_exec_wait_exit_non_zero(stack: Stack, tmp_path: Path) -> None:
     doc = tmp_path / "fail.yaml"
-    doc.write_text("appId: demo\nname: fail\nsteps:\n  - {name: boom, type: shell, properties: {command: 'exit 4'}}\n")
+    doc.write_text(
+        "appId: demo\nname: fail\nsteps:\n  - {name: boom, type: shell, properties: {command: 'exit 4'}}\n"
+    )
     flowq(stack, "apply", "-f", str(doc))
     run = flowq(stack, "exec", "demo", "fail", "--wait", check=False)
     assert run.returncode == 1

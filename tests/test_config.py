@@ -14,7 +14,10 @@ def test_defaults_match_the_documented_contract() -> None:
     assert s.key_prefix == "flowq"
     assert (s.grpc_port, s.metrics_port) == (50052, 9102)
     assert Settings.from_env("apiserver", {}).grpc_port == 50051
-    assert (Settings.from_env("executor", {}).grpc_port, Settings.from_env("executor", {}).metrics_port) == (50053, 9103)
+    assert (
+        Settings.from_env("executor", {}).grpc_port,
+        Settings.from_env("executor", {}).metrics_port,
+    ) == (50053, 9103)
     assert s.executor_target == "127.0.0.1:50053"
     assert s.executor_allow_shell is False
     assert (s.max_deliveries, s.claim_idle_ms) == (5, 15000)
@@ -24,8 +27,12 @@ def test_defaults_match_the_documented_contract() -> None:
 
 
 def test_every_bad_variable_is_named_in_one_error() -> None:
-    env = {"FLOWQ_GRPC_PORT": "http", "FLOWQ_MAX_DELIVERIES": "0", "FLOWQ_EXECUTOR_ALLOW_SHELL": "maybe",
-           "FLOWQ_DATABASE_URL": "mysql://x"}
+    env = {
+        "FLOWQ_GRPC_PORT": "http",
+        "FLOWQ_MAX_DELIVERIES": "0",
+        "FLOWQ_EXECUTOR_ALLOW_SHELL": "maybe",
+        "FLOWQ_DATABASE_URL": "mysql://x",
+    }
     with pytest.raises(ConfigError) as err:
         Settings.from_env("executor", env)
     for name in env:
@@ -34,7 +41,9 @@ def test_every_bad_variable_is_named_in_one_error() -> None:
 
 def test_heartbeat_must_be_shorter_than_the_lease() -> None:
     with pytest.raises(ConfigError, match="FLOWQ_HEARTBEAT_SECONDS"):
-        Settings.from_env("executor", {"FLOWQ_HEARTBEAT_SECONDS": "10", "FLOWQ_LEASE_TTL_SECONDS": "5"})
+        Settings.from_env(
+            "executor", {"FLOWQ_HEARTBEAT_SECONDS": "10", "FLOWQ_LEASE_TTL_SECONDS": "5"}
+        )
 
 
 def test_passwords_are_masked_when_settings_are_logged() -> None:

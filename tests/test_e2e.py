@@ -19,7 +19,11 @@ from tests.support.stack import Stack
 HELLO = {
     "mode": "STEP_BY_STEP",
     "steps": [
-        {"name": "greet", "type": "shell", "properties": {"command": ["sh", "-c", "echo hello $FLOWQ_STEP"]}},
+        {
+            "name": "greet",
+            "type": "shell",
+            "properties": {"command": ["sh", "-c", "echo hello $FLOWQ_STEP"]},
+        },
         {"name": "pause", "type": "sleep", "properties": {"seconds": 0.2}},
         {"name": "done", "type": "shell", "properties": {"command": "echo done $FLOWQ_ATTEMPT"}},
     ],
@@ -35,7 +39,11 @@ def wait_task(base_url: str, task_id: str, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         task = httpx.get(f"{base_url}/api/v1/tasks/{task_id}").json()
-        if task["status"] in ("TASK_STATUS_SUCCEEDED", "TASK_STATUS_FAILED", "TASK_STATUS_CANCELLED"):
+        if task["status"] in (
+            "TASK_STATUS_SUCCEEDED",
+            "TASK_STATUS_FAILED",
+            "TASK_STATUS_CANCELLED",
+        ):
             return task
         time.sleep(0.1)
     raise AssertionError(f"task {task_id} did not end within {timeout}s: {task}")
@@ -45,12 +53,17 @@ def test_rest_and_grpc_run_a_workflow_to_success(stack: Stack) -> None:
     put = httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/hello", json=HELLO)
     assert put.status_code == 200, put.text
     assert put.json()["version"] == "1"
-    assert httpx.get(f"{stack.base_url}/api/v1/applications/demo/workflows/hello").json()["name"] == "hello"
+    assert (
+        httpx.get(f"{stack.base_url}/api/v1/applications/demo/workflows/hello").json()["name"]
+        == "hello"
+    )
     listed = httpx.get(f"{stack.base_url}/api/v1/applications/demo/workflows").json()
     assert [w["name"] for w in listed["workflows"]] == ["hello"]
 
     # over REST
-    started = httpx.post(f"{stack.base_url}/api/v1/applications/demo/workflow/exec", json={"workflowName": "hello"})
+    started = httpx.post(
+        f"{stack.base_url}/api/v1/applications/demo/workflow/exec", json={"workflowName": "hello"}
+    )
     assert started.status_code == 200, started.text
     assert started.json()["status"] == "TASK_STATUS_QUEUED"
     rest_task = wait_task(stack.base_url, started.json()["taskId"])
@@ -69,21 +82,33 @@ def test_rest_and_grpc_run_a_workflow_to_success(stack: Stack) -> None:
         assert done.status == types_pb2.TASK_STATUS_SUCCEEDED
         assert [s.status for s in done.steps] == [types_pb2.STEP_STATUS_SUCCEEDED] * 3
         listed_tasks = flowq.list_tasks("demo")
-        assert [t.task_id for t in listed_tasks] == [task.task_id, rest_task["taskId"]]  # newest first
+        assert [t.task_id for t in listed_tasks] == [
+            task.task_id,
+            rest_task["taskId"],
+        ]  # newest first
 
 
 def test_failed_step_fails_the_task_and_skips_the_rest(stack: Stack) -> None:
     workflow = {
         "steps": [
             {"name": "ok", "type": "shell", "properties": {"command": "echo fine"}},
-            {"name": "boom", "type": "shell", "properties": {"command": "echo about to fail; exit 3"}},
+            {
+                "name": "boom",
+                "type": "shell",
+                "properties": {"command": "echo about to fail; exit 3"},
+            },
             {"name": "never", "type": "shell", "properties": {"command": "echo never"}},
         ]
     }
-    assert httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/fails", json=workflow).status_code == 200
-    task_id = httpx.post(f"{stack.base_url}/api/v1/workflow/exec?appId=demo", json={"workflowName": "fails"}).json()[
-        "taskId"
-    ]
+    assert (
+        httpx.put(
+            f"{stack.base_url}/api/v1/applications/demo/workflows/fails", json=workflow
+        ).status_code
+        == 200
+    )
+    task_id = httpx.post(
+        f"{stack.base_url}/api/v1/workflow/exec?appId=demo", json={"workflowName": "fails"}
+    ).json()["taskId"]
     task = wait_task(stack.base_url, task_id)
     assert task["status"] == "TASK_STATUS_FAILED"
     assert task["reason"] == "step-failed"
@@ -99,14 +124,31 @@ def test_failed_step_fails_the_task_and_skips_the_rest(stack: Stack) -> None:
 def test_dag_runs_branches_and_respects_dependencies(stack: Stack, tmp_path) -> None:
     log = tmp_path / "order.log"
     step = lambda name, deps: {  # noqa: E731
-        "name": name, "type": "shell", "dependsOn": deps,
-        "properties": {"command": f"echo start-{name} >> {log}; sleep 0.3; echo end-{name} >> {log}"},
+        "name": name,
+        "type": "shell",
+        "dependsOn": deps,
+        "properties": {
+            "command": f"echo start-{name} >> {log}; sleep 0.3; echo end-{name} >> {log}"
+        },
     }
-    workflow = {"mode": "DAG", "steps": [step("build", []), step("test", ["build"]), step("lint", ["build"]),
-                                         step("publish", ["test", "lint"])]}
-    assert httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/dag", json=workflow).status_code == 200
-    task_id = httpx.post(f"{stack.base_url}/api/v1/applications/demo/workflow/exec",
-                         json={"workflowName": "dag"}).json()["taskId"]
+    workflow = {
+        "mode": "DAG",
+        "steps": [
+            step("build", []),
+            step("test", ["build"]),
+            step("lint", ["build"]),
+            step("publish", ["test", "lint"]),
+        ],
+    }
+    assert (
+        httpx.put(
+            f"{stack.base_url}/api/v1/applications/demo/workflows/dag", json=workflow
+        ).status_code
+        == 200
+    )
+    task_id = httpx.post(
+        f"{stack.base_url}/api/v1/applications/demo/workflow/exec", json={"workflowName": "dag"}
+    ).json()["taskId"]
     task = wait_task(stack.base_url, task_id)
     assert task["status"] == "TASK_STATUS_SUCCEEDED", task
     lines = log.read_text().split()
@@ -124,36 +166,51 @@ def test_bad_input_is_refused_with_a_clear_message_and_nothing_is_stored(stack: 
     assert malformed.json()["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert malformed.json()["message"]
 
-    unknown_type = httpx.put(url, json={"steps": [{"name": "x", "type": "teleport", "properties": {}}]})
+    unknown_type = httpx.put(
+        url, json={"steps": [{"name": "x", "type": "teleport", "properties": {}}]}
+    )
     assert unknown_type.status_code == 400
     body = unknown_type.json()
     assert "unknown type 'teleport'" in body["message"]
     violations = [v for d in body["details"] for v in d.get("fieldViolations", [])]
     assert violations and violations[0]["field"] == "workflow.steps[0].type"
 
-    missing_prop = httpx.put(url, json={"steps": [{"name": "x", "type": "sleep", "properties": {}}]})
+    missing_prop = httpx.put(
+        url, json={"steps": [{"name": "x", "type": "sleep", "properties": {}}]}
+    )
     assert missing_prop.status_code == 400 and "seconds" in missing_prop.json()["message"]
 
     assert httpx.get(url).status_code == 404  # nothing stored
 
-    unknown_workflow = httpx.post(f"{stack.base_url}/api/v1/applications/demo/workflow/exec",
-                                  json={"workflowName": "nope"})
+    unknown_workflow = httpx.post(
+        f"{stack.base_url}/api/v1/applications/demo/workflow/exec", json={"workflowName": "nope"}
+    )
     assert unknown_workflow.status_code == 404
     assert "nope" in unknown_workflow.json()["message"]
 
-    missing_app = httpx.post(f"{stack.base_url}/api/v1/workflow/exec", json={"workflowName": "nope"})
+    missing_app = httpx.post(
+        f"{stack.base_url}/api/v1/workflow/exec", json={"workflowName": "nope"}
+    )
     assert missing_app.status_code == 400
     assert "app_id" in missing_app.json()["message"]
 
     with grpc.insecure_channel(stack.target()) as channel:
         stub = pb_grpc.WorkflowServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.PutWorkflow(pb.PutWorkflowRequest(app_id="demo", name="bad", workflow=types_pb2.Workflow(
-                steps=[types_pb2.Step(name="x", type="teleport")])), timeout=10)
+            stub.PutWorkflow(
+                pb.PutWorkflowRequest(
+                    app_id="demo",
+                    name="bad",
+                    workflow=types_pb2.Workflow(steps=[types_pb2.Step(name="x", type="teleport")]),
+                ),
+                timeout=10,
+            )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "teleport" in err.value.details()
         with pytest.raises(grpc.RpcError) as err:
-            stub.ExecWorkflow(pb.ExecWorkflowRequest(app_id="demo", workflow_name="nope"), timeout=10)
+            stub.ExecWorkflow(
+                pb.ExecWorkflowRequest(app_id="demo", workflow_name="nope"), timeout=10
+            )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.RpcError) as err:
             stub.GetTask(pb.GetTaskRequest(task_id="no-such-task"), timeout=10)
@@ -163,19 +220,34 @@ def test_bad_input_is_refused_with_a_clear_message_and_nothing_is_stored(stack: 
         assert flowq.list_tasks("demo") == []  # no task was created by any of the above
 
 
-def test_shell_steps_are_refused_when_shell_is_not_allowed(procs, sqlite_database_url, redis_server_url,
-                                                           key_prefix) -> None:
-    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix,
-                  extra_env={"FLOWQ_EXECUTOR_ALLOW_SHELL": "false"}).start("apiserver")
+def test_shell_steps_are_refused_when_shell_is_not_allowed(
+    procs, sqlite_database_url, redis_server_url, key_prefix
+) -> None:
+    stack = Stack(
+        procs,
+        sqlite_database_url,
+        redis_server_url,
+        key_prefix,
+        extra_env={"FLOWQ_EXECUTOR_ALLOW_SHELL": "false"},
+    ).start("apiserver")
     url = f"{stack.base_url}/api/v1/applications/demo/workflows/sh"
-    refused = httpx.put(url, json={"steps": [{"name": "x", "type": "shell", "properties": {"command": "id"}}]})
+    refused = httpx.put(
+        url, json={"steps": [{"name": "x", "type": "shell", "properties": {"command": "id"}}]}
+    )
     assert refused.status_code == 400
     assert "FLOWQ_EXECUTOR_ALLOW_SHELL" in refused.json()["message"]
     assert httpx.get(url).status_code == 404
     with grpc.insecure_channel(stack.target()) as channel, pytest.raises(grpc.RpcError) as err:
-        pb_grpc.WorkflowServiceStub(channel).PutWorkflow(pb.PutWorkflowRequest(
-            app_id="demo", name="sh", workflow=json_workflow({"steps": [
-                {"name": "x", "type": "shell", "properties": {"command": "id"}}]})), timeout=10)
+        pb_grpc.WorkflowServiceStub(channel).PutWorkflow(
+            pb.PutWorkflowRequest(
+                app_id="demo",
+                name="sh",
+                workflow=json_workflow(
+                    {"steps": [{"name": "x", "type": "shell", "properties": {"command": "id"}}]}
+                ),
+            ),
+            timeout=10,
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -193,12 +265,24 @@ def test_client_reports_server_errors(stack: Stack) -> None:
 
 
 def test_rest_watch_streams_every_change_until_the_task_ends(stack: Stack) -> None:
-    workflow = {"steps": [{"name": f"s{i}", "type": "sleep", "properties": {"seconds": 0.6}} for i in range(3)]}
-    assert httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/slow", json=workflow).status_code == 200
-    task_id = httpx.post(f"{stack.base_url}/api/v1/applications/demo/workflow/exec",
-                         json={"workflowName": "slow"}).json()["taskId"]
+    workflow = {
+        "steps": [
+            {"name": f"s{i}", "type": "sleep", "properties": {"seconds": 0.6}} for i in range(3)
+        ]
+    }
+    assert (
+        httpx.put(
+            f"{stack.base_url}/api/v1/applications/demo/workflows/slow", json=workflow
+        ).status_code
+        == 200
+    )
+    task_id = httpx.post(
+        f"{stack.base_url}/api/v1/applications/demo/workflow/exec", json={"workflowName": "slow"}
+    ).json()["taskId"]
     seen = []
-    with httpx.stream("GET", f"{stack.base_url}/api/v1/tasks/{task_id}:watch", timeout=30) as response:
+    with httpx.stream(
+        "GET", f"{stack.base_url}/api/v1/tasks/{task_id}:watch", timeout=30
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("application/x-ndjson")
         for line in response.iter_lines():
@@ -206,6 +290,9 @@ def test_rest_watch_streams_every_change_until_the_task_ends(stack: Stack) -> No
                 seen.append(json.loads(line))
     assert seen[-1]["status"] == "TASK_STATUS_SUCCEEDED"
     # each step is seen running, in order, before the stream ends
-    running = [next(s["name"] for s in t["steps"] if s["status"] == "STEP_STATUS_RUNNING")
-               for t in seen if any(s["status"] == "STEP_STATUS_RUNNING" for s in t["steps"])]
+    running = [
+        next(s["name"] for s in t["steps"] if s["status"] == "STEP_STATUS_RUNNING")
+        for t in seen
+        if any(s["status"] == "STEP_STATUS_RUNNING" for s in t["steps"])
+    ]
     assert sorted(set(running), key=running.index) == ["s0", "s1", "s2"]

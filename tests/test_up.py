@@ -25,7 +25,11 @@ def consecutive_free_ports(count: int) -> int:
 
 
 def test_up_runs_the_stack_with_a_private_redis_and_stops_on_ctrl_c(tmp_path: Path, procs) -> None:
-    grpc_base, metrics_base, http_port = consecutive_free_ports(3), consecutive_free_ports(2), free_port()
+    grpc_base, metrics_base, http_port = (
+        consecutive_free_ports(3),
+        consecutive_free_ports(2),
+        free_port(),
+    )
     env = {
         "PATH": os.environ["PATH"],
         "FLOWQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing answers there
@@ -46,10 +50,20 @@ def test_up_runs_the_stack_with_a_private_redis_and_stops_on_ctrl_c(tmp_path: Pa
     assert (tmp_path / ".flowq" / "flowq.db").exists()
 
     client_env = {"PATH": os.environ["PATH"], "FLOWQ_SERVER": f"127.0.0.1:{grpc_base}"}
-    subprocess.run([str(BIN / "flowq"), "apply", "-f", str(ROOT / "examples" / "hello.yaml")], env=client_env,
-                   check=True, capture_output=True, timeout=60)
-    run = subprocess.run([str(BIN / "flowq"), "exec", "demo", "hello", "--wait"], env=client_env,
-                         capture_output=True, text=True, timeout=60)
+    subprocess.run(
+        [str(BIN / "flowq"), "apply", "-f", str(ROOT / "examples" / "hello.yaml")],
+        env=client_env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    run = subprocess.run(
+        [str(BIN / "flowq"), "exec", "demo", "hello", "--wait"],
+        env=client_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCEEDED" in run.stdout
 

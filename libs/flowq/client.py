@@ -1,9 +1,9 @@
 """A small typed client of flowq's public gRPC API, for other services, scripts and the CLI.
 
-    with Client("127.0.0.1:50051") as flowq:
-        flowq.put_workflow(load_workflows(open("hello.yaml").read())[0])
-        task = flowq.exec_workflow("demo", "hello")
-        done = flowq.wait(task.task_id, timeout=60)
+with Client("127.0.0.1:50051") as flowq:
+    flowq.put_workflow(load_workflows(open("hello.yaml").read())[0])
+    task = flowq.exec_workflow("demo", "hello")
+    done = flowq.wait(task.task_id, timeout=60)
 """
 
 from __future__ import annotations
@@ -46,7 +46,12 @@ class ClientError(FlowqError):
         super().__init__(message, field=field)
         self.code = code
         self.status = code
-        self.retryable = code in ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED")
+        self.retryable = code in (
+            "UNAVAILABLE",
+            "RESOURCE_EXHAUSTED",
+            "DEADLINE_EXCEEDED",
+            "ABORTED",
+        )
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -55,7 +60,9 @@ class ClientError(FlowqError):
 def _error(exc: grpc.RpcError) -> ClientError:
     code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
     message = exc.details() if hasattr(exc, "details") else str(exc)
-    if code == "UNAVAILABLE" and ("connect" in (message or "").lower() or "refused" in (message or "").lower()):
+    if code == "UNAVAILABLE" and (
+        "connect" in (message or "").lower() or "refused" in (message or "").lower()
+    ):
         message = f"{message} (is the server running? check FLOWQ_SERVER)"
     field = None
     for key, value in (exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else ():
@@ -85,7 +92,9 @@ def load_workflows(text: str, app_id: str | None = None) -> list[Workflow]:
         if app_id:
             workflow.app_id = app_id
         if not workflow.app_id:
-            raise InvalidArgumentError(f"document {i + 1}: no application: set appId in the file or pass --app")
+            raise InvalidArgumentError(
+                f"document {i + 1}: no application: set appId in the file or pass --app"
+            )
         workflows.append(workflow)
     if not workflows:
         raise InvalidArgumentError("no workflow document found")
@@ -95,8 +104,14 @@ def load_workflows(text: str, app_id: str | None = None) -> list[Workflow]:
 class Client:
     """Blocking client of flowq.v1.WorkflowService (apiserver) and QueueService (dispatcher)."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, queue_target: str = "127.0.0.1:50052",
-                 timeout: float = 30.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        queue_target: str = "127.0.0.1:50052",
+        timeout: float = 30.0,
+        token: str | None = None,
+    ) -> None:
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -124,8 +139,10 @@ class Client:
     # -- workflows ------------------------------------------------------------------------
 
     def put_workflow(self, workflow: Workflow) -> Workflow:
-        return self._call(self._stub.PutWorkflow,
-                          pb.PutWorkflowRequest(app_id=workflow.app_id, name=workflow.name, workflow=workflow))
+        return self._call(
+            self._stub.PutWorkflow,
+            pb.PutWorkflowRequest(app_id=workflow.app_id, name=workflow.name, workflow=workflow),
+        )
 
     def get_workflow(self, app_id: str, name: str) -> Workflow:
         return self._call(self._stub.GetWorkflow, pb.GetWorkflowRequest(app_id=app_id, name=name))
@@ -133,7 +150,9 @@ class Client:
     def list_workflows(self, app_id: str) -> Iterator[Workflow]:
         token = ""
         while True:
-            page = self._call(self._stub.ListWorkflows, pb.ListWorkflowsRequest(app_id=app_id, page_token=token))
+            page = self._call(
+                self._stub.ListWorkflows, pb.ListWorkflowsRequest(app_id=app_id, page_token=token)
+            )
             yield from page.workflows
             token = page.next_page_token
             if not token:
@@ -145,26 +164,45 @@ class Client:
     # -- tasks ----------------------------------------------------------------------------
 
     def exec_workflow(self, app_id: str, workflow_name: str, idempotency_key: str = "") -> Task:
-        return self._call(self._stub.ExecWorkflow, pb.ExecWorkflowRequest(
-            app_id=app_id, workflow_name=workflow_name, idempotency_key=idempotency_key))
+        return self._call(
+            self._stub.ExecWorkflow,
+            pb.ExecWorkflowRequest(
+                app_id=app_id, workflow_name=workflow_name, idempotency_key=idempotency_key
+            ),
+        )
 
     def cancel_task(self, app_id: str, task_id: str, reason: str = "", user: str = "") -> Task:
-        return self._call(self._stub.CancelTask,
-                          pb.CancelTaskRequest(app_id=app_id, task_id=task_id, reason=reason, user=user))
+        return self._call(
+            self._stub.CancelTask,
+            pb.CancelTaskRequest(app_id=app_id, task_id=task_id, reason=reason, user=user),
+        )
 
     def get_task(self, task_id: str) -> Task:
         return self._call(self._stub.GetTask, pb.GetTaskRequest(task_id=task_id))
 
-    def list_tasks(self, app_id: str = "", *, workflow_name: str = "", status: str | None = None,
-                   limit: int = 50) -> list[Task]:
+    def list_tasks(
+        self,
+        app_id: str = "",
+        *,
+        workflow_name: str = "",
+        status: str | None = None,
+        limit: int = 50,
+    ) -> list[Task]:
         """Newest first, at most `limit` tasks; `status` is QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED."""
         status_value = statuses.task_status_to_proto(status.upper()) if status else 0
         out: list[Task] = []
         token = ""
         while len(out) < limit:
-            page = self._call(self._stub.ListTasks, pb.ListTasksRequest(
-                app_id=app_id, workflow_name=workflow_name, status=status_value,
-                page_size=min(500, limit - len(out)), page_token=token))
+            page = self._call(
+                self._stub.ListTasks,
+                pb.ListTasksRequest(
+                    app_id=app_id,
+                    workflow_name=workflow_name,
+                    status=status_value,
+                    page_size=min(500, limit - len(out)),
+                    page_token=token,
+                ),
+            )
             out.extend(page.tasks)
             token = page.next_page_token
             if not token:
@@ -174,8 +212,9 @@ class Client:
     def watch_task(self, task_id: str, timeout: float | None = None) -> Iterator[Task]:
         """The task now and on every change, until it ends (or `timeout` seconds pass)."""
         try:
-            yield from self._stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), timeout=timeout,
-                                            metadata=self._metadata)
+            yield from self._stub.WatchTask(
+                pb.WatchTaskRequest(task_id=task_id), timeout=timeout, metadata=self._metadata
+            )
         except grpc.RpcError as exc:
             raise _error(exc) from None
 
@@ -184,7 +223,10 @@ class Client:
         last = None
         for task in self.watch_task(task_id, timeout):
             last = task
-        if last is None or statuses.task_status_from_proto(last.status) not in statuses.TERMINAL_TASK_STATUSES:
+        if (
+            last is None
+            or statuses.task_status_from_proto(last.status) not in statuses.TERMINAL_TASK_STATUSES
+        ):
             raise ClientError("DEADLINE_EXCEEDED", f"task {task_id} did not end within {timeout}s")
         return last
 
@@ -200,13 +242,19 @@ class Client:
         return self._call(self._queue.GetQueueStats, queue_pb.GetQueueStatsRequest())
 
     def list_dead_letters(self, limit: int = 50) -> list[queue_pb.DeadLetter]:
-        page = self._call(self._queue.ListDeadLetters, queue_pb.ListDeadLettersRequest(page_size=limit))
+        page = self._call(
+            self._queue.ListDeadLetters, queue_pb.ListDeadLettersRequest(page_size=limit)
+        )
         return list(page.dead_letters)
 
     def replay_dead_letters(self, ids: list[str] | None = None, everything: bool = False) -> int:
-        return self._call(self._queue.ReplayDeadLetters,
-                          queue_pb.ReplayDeadLettersRequest(ids=ids or [], all=everything)).replayed
+        return self._call(
+            self._queue.ReplayDeadLetters,
+            queue_pb.ReplayDeadLettersRequest(ids=ids or [], all=everything),
+        ).replayed
 
     def purge_dead_letters(self, ids: list[str] | None = None, everything: bool = False) -> int:
-        return self._call(self._queue.PurgeDeadLetters,
-                          queue_pb.PurgeDeadLettersRequest(ids=ids or [], all=everything, confirm="purge")).purged
+        return self._call(
+            self._queue.PurgeDeadLetters,
+            queue_pb.PurgeDeadLettersRequest(ids=ids or [], all=everything, confirm="purge"),
+        ).purged

@@ -53,7 +53,9 @@ def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         scheme = raw.split(":", 1)[0].split("+", 1)[0]
         if "://" not in raw or scheme not in schemes:
-            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+            raise ValueError(
+                f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}"
+            )
         return raw
 
     return parse
@@ -102,13 +104,25 @@ class Settings:
         """Read the settings of service `role`; raise ConfigError naming every bad variable."""
         env = os.environ if env is None else env
         spec: dict[str, tuple[str, Callable[[str], Any], str]] = {
-            "database_url": ("FLOWQ_DATABASE_URL", _url("sqlite", "postgresql", "postgres"), "sqlite:///.flowq/flowq.db"),
-            "redis_url": ("FLOWQ_REDIS_URL", _url("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0"),
+            "database_url": (
+                "FLOWQ_DATABASE_URL",
+                _url("sqlite", "postgresql", "postgres"),
+                "sqlite:///.flowq/flowq.db",
+            ),
+            "redis_url": (
+                "FLOWQ_REDIS_URL",
+                _url("redis", "rediss", "unix"),
+                "redis://127.0.0.1:6379/0",
+            ),
             "key_prefix": ("FLOWQ_KEY_PREFIX", _nonempty, "flowq"),
             "grpc_port": ("FLOWQ_GRPC_PORT", _port, str(GRPC_PORTS.get(role, 50051))),
             "http_port": ("FLOWQ_HTTP_PORT", _port, "8080"),
             "metrics_port": ("FLOWQ_METRICS_PORT", _port, str(METRICS_PORTS.get(role, 9102))),
-            "instance_id": ("FLOWQ_INSTANCE_ID", _nonempty, f"{socket.gethostname()}-{os.getpid()}"),
+            "instance_id": (
+                "FLOWQ_INSTANCE_ID",
+                _nonempty,
+                f"{socket.gethostname()}-{os.getpid()}",
+            ),
             "executor_target": ("FLOWQ_EXECUTOR_TARGET", _nonempty, "127.0.0.1:50053"),
             "executor_allow_shell": ("FLOWQ_EXECUTOR_ALLOW_SHELL", _bool, "false"),
             "executor_max_tasks": ("FLOWQ_EXECUTOR_MAX_TASKS", _positive_int, "32"),

@@ -44,14 +44,18 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def status_details(code: grpc.StatusCode, message: str, field: str | None) -> tuple[tuple[str, bytes], ...]:
+def status_details(
+    code: grpc.StatusCode, message: str, field: str | None
+) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata carrying a google.rpc.Status (with a BadRequest when a field is named)."""
     status = status_pb2.Status(code=code.value[0], message=message)
     if field:
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
-                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+                ]
             )
         )
         status.details.append(detail)
@@ -89,7 +93,9 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
         code = grpc.StatusCode[exc.status]
         if code is grpc.StatusCode.INTERNAL:
             log.error("internal error in %s: %s", method, exc.message)
-        await context.abort(code, exc.message, trailing_metadata=status_details(code, exc.message, exc.field))
+        await context.abort(
+            code, exc.message, trailing_metadata=status_details(code, exc.message, exc.field)
+        )
     if isinstance(exc, _DEPENDENCY_ERRORS):
         rid = request_id(context)
         log.warning("dependency unavailable in %s: %s", method, exc, extra={"request_id": rid})
@@ -100,7 +106,8 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     rid = request_id(context)
     log.error("unexpected error in %s", method, exc_info=exc, extra={"request_id": rid})
     await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error; the server log has the details under request id {rid}"
+        grpc.StatusCode.INTERNAL,
+        f"internal error; the server log has the details under request id {rid}",
     )
 
 

@@ -100,7 +100,10 @@ class Runner:
             log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
             self._stop.set()
         else:
-            log.error("second signal during drain; exiting now", extra={"signal": signal.Signals(signum).name})
+            log.error(
+                "second signal during drain; exiting now",
+                extra={"signal": signal.Signals(signum).name},
+            )
             logging.shutdown()
             os._exit(130)
 
@@ -115,7 +118,10 @@ class Runner:
                 if ready:
                     log.info("ready", extra={"health_service": self.service.health_name})
                 else:
-                    log.warning("not ready", extra={"health_service": self.service.health_name, "error": problem})
+                    log.warning(
+                        "not ready",
+                        extra={"health_service": self.service.health_name, "error": problem},
+                    )
                 self._ready = ready
                 await self.health.set(self.service.health_name, SERVING if ready else NOT_SERVING)
             await asyncio.sleep(READINESS_INTERVAL_SECONDS)
@@ -129,7 +135,12 @@ class Runner:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = list(self.service.add_to_server(server))
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
         )
         grpc_port = server.add_insecure_port(f"0.0.0.0:{self.settings.grpc_port}")
         await self.health.set("", NOT_SERVING)
@@ -155,20 +166,28 @@ class Runner:
             http_task = asyncio.create_task(http.serve(), name="http")
             while not http.started:
                 if http_task.done():
-                    raise ConfigError(f"cannot serve HTTP on port {self.service.http_port} (is it in use?)")
+                    raise ConfigError(
+                        f"cannot serve HTTP on port {self.service.http_port} (is it in use?)"
+                    )
                 await asyncio.sleep(0.02)
             await self.health.set("", SERVING)
             self.loops.spawn("readiness", self._readiness)
             log.info(
                 "started",
-                extra={"grpc_port": grpc_port, "http_port": self.service.http_port, "settings": self.settings.public()},
+                extra={
+                    "grpc_port": grpc_port,
+                    "http_port": self.service.http_port,
+                    "settings": self.settings.public(),
+                },
             )
             await self._stop.wait()
         finally:
             await self._shutdown(server, http, http_task)
         return 0
 
-    async def _shutdown(self, server: grpc.aio.Server, http: uvicorn.Server, http_task: asyncio.Task | None) -> None:
+    async def _shutdown(
+        self, server: grpc.aio.Server, http: uvicorn.Server, http_task: asyncio.Task | None
+    ) -> None:
         started = time.monotonic()
         grace = self.settings.shutdown_grace_seconds
         log.info("drain started", extra={"grace_seconds": grace})

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("flowq_log_context", default=None)
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "flowq_log_context", default=None
+)
 
 
 @contextlib.contextmanager
@@ -61,5 +63,13 @@ def configure_logging(service: str, instance_id: str, level: str = "INFO") -> No
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries that are chatty at INFO.
-    for name in ("grpc", "uvicorn.error", "uvicorn.access", "kubernetes", "urllib3", "aiosqlite", "httpx"):
+    for name in (
+        "grpc",
+        "uvicorn.error",
+        "uvicorn.access",
+        "kubernetes",
+        "urllib3",
+        "aiosqlite",
+        "httpx",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)

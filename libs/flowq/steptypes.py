@@ -28,8 +28,11 @@ class StepType:
     def problems(self, props: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(property, problem) pairs for `props`; empty when they are valid."""
         known = {p.name: p for p in self.properties}
-        found = [(name, f"unknown property for a {self.name} step; known: {', '.join(sorted(known))}")
-                 for name in props if name not in known]
+        found = [
+            (name, f"unknown property for a {self.name} step; known: {', '.join(sorted(known))}")
+            for name in props
+            if name not in known
+        ]
         for prop in self.properties:
             if prop.name not in props:
                 if prop.required:
@@ -50,7 +53,9 @@ def _command(value: Any) -> str | None:
 
 
 def _string_map(value: Any) -> str | None:
-    if isinstance(value, dict) and all(isinstance(v, str | int | float | bool) for v in value.values()):
+    if isinstance(value, dict) and all(
+        isinstance(v, str | int | float | bool) for v in value.values()
+    ):
         return None
     return "must be a map of names to strings"
 
@@ -67,7 +72,11 @@ def _non_negative_number(value: Any) -> str | None:
 
 SHELL = StepType(
     "shell",
-    (Property("command", _command, required=True), Property("env", _string_map), Property("workingDir", _string)),
+    (
+        Property("command", _command, required=True),
+        Property("env", _string_map),
+        Property("workingDir", _string),
+    ),
     needs_shell=True,
 )
 SLEEP = StepType("sleep", (Property("seconds", _non_negative_number, required=True),))

@@ -60,7 +60,9 @@ class Envelope:
     def from_fields(cls, fields: Mapping[str, str]) -> Envelope:
         version = fields.get("v")
         if version != str(ENVELOPE_VERSION):
-            raise EnvelopeError(f"unsupported envelope version {version!r} (expected {ENVELOPE_VERSION})")
+            raise EnvelopeError(
+                f"unsupported envelope version {version!r} (expected {ENVELOPE_VERSION})"
+            )
         task_id = fields.get("taskId", "")
         if not task_id or len(task_id) > 64:
             raise EnvelopeError(f"bad taskId {task_id!r}")
@@ -106,10 +108,14 @@ async def ensure_group(redis: aioredis.Redis, keys: Keys) -> None:
             raise
 
 
-async def read(redis: aioredis.Redis, keys: Keys, consumer: str, count: int, block_ms: int) -> list[Entry]:
+async def read(
+    redis: aioredis.Redis, keys: Keys, consumer: str, count: int, block_ms: int
+) -> list[Entry]:
     """XREADGROUP new entries for `consumer`; recreates the group if Redis lost it."""
     try:
-        reply = await redis.xreadgroup(keys.group, consumer, {keys.dispatch: ">"}, count=count, block=block_ms)
+        reply = await redis.xreadgroup(
+            keys.group, consumer, {keys.dispatch: ">"}, count=count, block=block_ms
+        )
     except ResponseError as exc:
         if "NOGROUP" not in str(exc):
             raise
@@ -133,7 +139,9 @@ async def autoclaim(
 ) -> tuple[str, list[Entry]]:
     """XAUTOCLAIM entries idle longer than `min_idle_ms`; returns the next cursor and the entries."""
     try:
-        reply = await redis.xautoclaim(keys.dispatch, keys.group, consumer, min_idle_ms, start_id=cursor, count=count)
+        reply = await redis.xautoclaim(
+            keys.dispatch, keys.group, consumer, min_idle_ms, start_id=cursor, count=count
+        )
     except ResponseError as exc:
         if "NOGROUP" not in str(exc):
             raise
@@ -144,11 +152,15 @@ async def autoclaim(
     return next_cursor, [entry for entry in _entries(raw) if entry[1]]
 
 
-async def delivery_counts(redis: aioredis.Redis, keys: Keys, entry_ids: list[str]) -> dict[str, int]:
+async def delivery_counts(
+    redis: aioredis.Redis, keys: Keys, entry_ids: list[str]
+) -> dict[str, int]:
     """How many times each pending entry was delivered (XPENDING's counter)."""
     counts: dict[str, int] = {}
     for entry_id in entry_ids:
-        rows = await redis.xpending_range(keys.dispatch, keys.group, min=entry_id, max=entry_id, count=1)
+        rows = await redis.xpending_range(
+            keys.dispatch, keys.group, min=entry_id, max=entry_id, count=1
+        )
         if rows:
             counts[entry_id] = int(rows[0]["times_delivered"])
     return counts

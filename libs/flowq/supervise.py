@@ -47,7 +47,11 @@ class Supervisor:
                 LOOP_RESTARTS.labels(loop=name).inc()
                 log.exception(
                     "loop crashed; restarting",
-                    extra={"loop": name, "restarts": backoff.failures, "restart_in_seconds": round(delay, 2)},
+                    extra={
+                        "loop": name,
+                        "restarts": backoff.failures,
+                        "restart_in_seconds": round(delay, 2),
+                    },
                 )
                 await asyncio.sleep(delay)
 

@@ -16,12 +16,23 @@ from flowq.errors import FlowqError
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-server_option = click.option("--server", envvar="FLOWQ_SERVER", default="127.0.0.1:50051", show_default=True,
-                             help="apiserver gRPC address (FLOWQ_SERVER)")
-queue_option = click.option("--queue-server", envvar="FLOWQ_QUEUE_SERVER", default="127.0.0.1:50052",
-                            show_default=True, help="dispatcher gRPC address (FLOWQ_QUEUE_SERVER)")
-output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-                             show_default=True)
+server_option = click.option(
+    "--server",
+    envvar="FLOWQ_SERVER",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="apiserver gRPC address (FLOWQ_SERVER)",
+)
+queue_option = click.option(
+    "--queue-server",
+    envvar="FLOWQ_QUEUE_SERVER",
+    default="127.0.0.1:50052",
+    show_default=True,
+    help="dispatcher gRPC address (FLOWQ_QUEUE_SERVER)",
+)
+output_option = click.option(
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 
 
 class _Group(click.Group):
@@ -32,7 +43,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ClientError as exc:
             field = f" (field {exc.field})" if exc.field else ""
-            err_console.print(f"[red]error:[/red] {exc.code}: {exc.message}{field}", markup=True, highlight=False)
+            err_console.print(
+                f"[red]error:[/red] {exc.code}: {exc.message}{field}", markup=True, highlight=False
+            )
             sys.exit(1)
         except FlowqError as exc:
             err_console.print(f"[red]error:[/red] {exc.message}", markup=True, highlight=False)
@@ -45,8 +58,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".flowq"), show_default=True,
-              help="where logs and a private Redis live")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".flowq"),
+    show_default=True,
+    help="where logs and a private Redis live",
+)
 def up(data_dir: Path) -> None:
     """Run the whole local stack (migrations, Redis, apiserver, dispatcher, executor)."""
     from flowq.cli.up import run_stack
@@ -72,7 +90,9 @@ def db_upgrade(revision: str) -> None:
 
 
 @cli.command()
-@click.option("-f", "--file", "path", required=True, type=click.File("r"), help="YAML or JSON; - for stdin")
+@click.option(
+    "-f", "--file", "path", required=True, type=click.File("r"), help="YAML or JSON; - for stdin"
+)
 @click.option("--app", "app_id", help="application (default: appId in the file)")
 @server_option
 def apply(path: click.utils.LazyFile, app_id: str | None, server: str) -> None:
@@ -87,7 +107,9 @@ def apply(path: click.utils.LazyFile, app_id: str | None, server: str) -> None:
 @cli.command("exec")
 @click.argument("app_id")
 @click.argument("workflow")
-@click.option("--wait", is_flag=True, help="follow the task until it ends; exit 1 unless it succeeded")
+@click.option(
+    "--wait", is_flag=True, help="follow the task until it ends; exit 1 unless it succeeded"
+)
 @click.option("--idempotency-key", default="", help="the same key returns the same task")
 @server_option
 def exec_(app_id: str, workflow: str, wait: bool, idempotency_key: str, server: str) -> None:
@@ -135,7 +157,9 @@ def _follow(flowq: Client, task_id: str) -> None:
                 state = render.short(render.types_pb2.StepStatus.Name(step.status))
                 if seen.get(step.name) != state:
                     seen[step.name] = state
-                    console.print(f"step {step.name} {state}" + (f": {step.message}" if step.message else ""))
+                    console.print(
+                        f"step {step.name} {state}" + (f": {step.message}" if step.message else "")
+                    )
     if last is None:
         return
     render.show_task(console, last, events=False)
@@ -150,8 +174,13 @@ def _live_view(task: render.types_pb2.Task) -> object:
     for col in ("STEP", "STATUS", "ATTEMPTS", "DURATION", "MESSAGE"):
         table.add_column(col)
     for step in task.steps:
-        table.add_row(step.name, render.styled(render.short(render.types_pb2.StepStatus.Name(step.status))),
-                      str(step.attempts), render.duration(step), step.message)
+        table.add_row(
+            step.name,
+            render.styled(render.short(render.types_pb2.StepStatus.Name(step.status))),
+            str(step.attempts),
+            render.duration(step),
+            step.message,
+        )
     return table
 
 
@@ -165,19 +194,27 @@ def cancel(task_id: str, reason: str, user: str, server: str) -> None:
     with Client(server) as flowq:
         task = flowq.get_task(task_id)
         task = flowq.cancel_task(task.app_id, task_id, reason, user)
-    console.print(f"task {task.task_id} {render.task_status(task)}" + (" (cancel requested)" if
-                                                                      task.cancel_requested else ""))
+    console.print(
+        f"task {task.task_id} {render.task_status(task)}"
+        + (" (cancel requested)" if task.cancel_requested else "")
+    )
 
 
 @cli.command()
 @click.argument("app_id", required=False, default="")
 @click.option("--workflow", default="", help="only this workflow")
-@click.option("--status", type=click.Choice(["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"],
-                                            case_sensitive=False))
+@click.option(
+    "--status",
+    type=click.Choice(
+        ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"], case_sensitive=False
+    ),
+)
 @click.option("--limit", default=20, show_default=True)
 @output_option
 @server_option
-def tasks(app_id: str, workflow: str, status: str | None, limit: int, output: str, server: str) -> None:
+def tasks(
+    app_id: str, workflow: str, status: str | None, limit: int, output: str, server: str
+) -> None:
     """List tasks, newest first (of APP_ID, or of every application)."""
     with Client(server) as flowq:
         items = flowq.list_tasks(app_id, workflow_name=workflow, status=status, limit=limit)
@@ -232,8 +269,10 @@ def dlq_replay(ids: tuple[str, ...], everything: bool, queue_server: str) -> Non
 def dlq_purge(ids: tuple[str, ...], everything: bool, yes: bool, queue_server: str) -> None:
     """Delete dead letters IDS (or --all) for good."""
     if not yes:
-        click.confirm(f"delete {'every dead letter' if everything else f'{len(ids)} dead letters'} for good?",
-                      abort=True)
+        click.confirm(
+            f"delete {'every dead letter' if everything else f'{len(ids)} dead letters'} for good?",
+            abort=True,
+        )
     with Client(queue_target=queue_server) as flowq:
         console.print(f"purged {flowq.purge_dead_letters(list(ids), everything)}")
 

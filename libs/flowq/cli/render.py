@@ -10,7 +10,13 @@ from rich.table import Table
 
 from flowq.v1 import queue_service_pb2, types_pb2
 
-STYLE = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan", "SKIPPED": "dim"}
+STYLE = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "CANCELLED": "yellow",
+    "RUNNING": "cyan",
+    "SKIPPED": "dim",
+}
 
 
 def short(enum_name: str) -> str:
@@ -42,18 +48,28 @@ def task_status(task: types_pb2.Task) -> str:
 
 def show_task(console: Console, task: types_pb2.Task, *, events: bool = True) -> None:
     name = task_status(task)
-    console.print(f"[bold]task[/bold] {task.task_id}  {task.app_id}/{task.workflow_name}  {styled(name)}"
-                  + (f"  reason={task.reason}" if task.reason else ""))
+    console.print(
+        f"[bold]task[/bold] {task.task_id}  {task.app_id}/{task.workflow_name}  {styled(name)}"
+        + (f"  reason={task.reason}" if task.reason else "")
+    )
     if task.message:
         console.print(f"  {task.message}", markup=False)
-    console.print(f"  owner={task.owner_id or '-'} attempt={task.attempt} created={when(task.create_time)} "
-                  f"duration={duration(task)}")
+    console.print(
+        f"  owner={task.owner_id or '-'} attempt={task.attempt} created={when(task.create_time)} "
+        f"duration={duration(task)}"
+    )
     table = Table(box=None, pad_edge=False)
     for col in ("STEP", "TYPE", "STATUS", "ATTEMPTS", "DURATION", "MESSAGE"):
         table.add_column(col)
     for step in task.steps:
-        table.add_row(step.name, step.type, styled(short(types_pb2.StepStatus.Name(step.status))),
-                      str(step.attempts), duration(step), step.message)
+        table.add_row(
+            step.name,
+            step.type,
+            styled(short(types_pb2.StepStatus.Name(step.status))),
+            str(step.attempts),
+            duration(step),
+            step.message,
+        )
     console.print(table)
     for step in task.steps:
         if step.output.strip():
@@ -62,7 +78,11 @@ def show_task(console: Console, task: types_pb2.Task, *, events: bool = True) ->
     if events and task.events:
         console.print("[bold]events[/bold]")
         for event in task.events:
-            console.print(f"  {when(event.time)}  {event.type:<16} {event.message}", markup=False, highlight=False)
+            console.print(
+                f"  {when(event.time)}  {event.type:<16} {event.message}",
+                markup=False,
+                highlight=False,
+            )
 
 
 def show_tasks(console: Console, tasks: list[types_pb2.Task]) -> None:
@@ -70,8 +90,15 @@ def show_tasks(console: Console, tasks: list[types_pb2.Task]) -> None:
     for col in ("TASK", "APP", "WORKFLOW", "STATUS", "REASON", "CREATED", "DURATION"):
         table.add_column(col, no_wrap=col in ("TASK", "CREATED"))
     for task in tasks:
-        table.add_row(task.task_id, task.app_id, task.workflow_name, styled(task_status(task)), task.reason,
-                      when(task.create_time), duration(task))
+        table.add_row(
+            task.task_id,
+            task.app_id,
+            task.workflow_name,
+            styled(task_status(task)),
+            task.reason,
+            when(task.create_time),
+            duration(task),
+        )
     console.print(table)
 
 

@@ -38,7 +38,9 @@ class Child:
 def _healthy(port: int, service: str) -> bool:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1
+            )
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -61,20 +63,37 @@ def run_stack(data_dir: Path, console: Console) -> int:
     else:
         redis = LocalRedis(data_dir / "redis").start()
         redis_url = redis.url
-        console.print(f"  no Redis at {settings.public()['redis_url']}; started a private one at {redis_url}")
+        console.print(
+            f"  no Redis at {settings.public()['redis_url']}; started a private one at {redis_url}"
+        )
 
     # FLOWQ_GRPC_PORT is the apiserver's; the dispatcher and executor take the next two.
     # FLOWQ_METRICS_PORT is the dispatcher's metrics port; the executor takes the next one.
-    grpc_ports = {role: settings.grpc_port + i for i, role in enumerate(("apiserver", "dispatcher", "executor"))}
+    grpc_ports = {
+        role: settings.grpc_port + i
+        for i, role in enumerate(("apiserver", "dispatcher", "executor"))
+    }
     metrics_base = Settings.from_env("dispatcher").metrics_port
-    metrics_ports = {"apiserver": settings.http_port, "dispatcher": metrics_base, "executor": metrics_base + 1}
-    env = dict(os.environ, FLOWQ_REDIS_URL=redis_url, FLOWQ_DATABASE_URL=settings.database_url,
-               FLOWQ_EXECUTOR_ALLOW_SHELL="true", FLOWQ_EXECUTOR_TARGET=f"127.0.0.1:{grpc_ports['executor']}",
-               PYTHONUNBUFFERED="1")
+    metrics_ports = {
+        "apiserver": settings.http_port,
+        "dispatcher": metrics_base,
+        "executor": metrics_base + 1,
+    }
+    env = dict(
+        os.environ,
+        FLOWQ_REDIS_URL=redis_url,
+        FLOWQ_DATABASE_URL=settings.database_url,
+        FLOWQ_EXECUTOR_ALLOW_SHELL="true",
+        FLOWQ_EXECUTOR_TARGET=f"127.0.0.1:{grpc_ports['executor']}",
+        PYTHONUNBUFFERED="1",
+    )
     children = [
         Child(role, grpc_ports[role], health_name, logs / f"{role}.log")
-        for role, health_name in (("executor", "flowq.v1.ExecutorService"), ("dispatcher", "flowq.v1.QueueService"),
-                                  ("apiserver", "flowq.v1.WorkflowService"))
+        for role, health_name in (
+            ("executor", "flowq.v1.ExecutorService"),
+            ("dispatcher", "flowq.v1.QueueService"),
+            ("apiserver", "flowq.v1.WorkflowService"),
+        )
     ]
     stopping = False
 
@@ -93,38 +112,57 @@ def run_stack(data_dir: Path, console: Console) -> int:
     code = 0
     try:
         for child in children:
-            child_env = dict(env, FLOWQ_GRPC_PORT=str(child.grpc_port),
-                             FLOWQ_METRICS_PORT=str(metrics_ports[child.role]))
+            child_env = dict(
+                env,
+                FLOWQ_GRPC_PORT=str(child.grpc_port),
+                FLOWQ_METRICS_PORT=str(metrics_ports[child.role]),
+            )
             with open(child.log_path, "ab") as log_file:
                 child.proc = subprocess.Popen(
-                    [sys.executable, "-m", f"flowq_{child.role}"], env=child_env, stdout=log_file,
-                    stderr=subprocess.STDOUT, start_new_session=True,
+                    [sys.executable, "-m", f"flowq_{child.role}"],
+                    env=child_env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         waiting = list(children)
         while waiting and not stopping:
             for child in list(waiting):
                 if child.proc is not None and child.proc.poll() is not None:
-                    raise RuntimeError(f"{child.role} exited with code {child.proc.returncode}; "
-                                       f"see {child.log_path}:\n{_tail(child.log_path)}")
+                    raise RuntimeError(
+                        f"{child.role} exited with code {child.proc.returncode}; "
+                        f"see {child.log_path}:\n{_tail(child.log_path)}"
+                    )
                 if _healthy(child.grpc_port, child.health_name):
                     waiting.remove(child)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{', '.join(c.role for c in waiting)} not ready after {START_TIMEOUT_SECONDS}s; "
-                                   f"see the logs in {logs}")
+                raise RuntimeError(
+                    f"{', '.join(c.role for c in waiting)} not ready after {START_TIMEOUT_SECONDS}s; "
+                    f"see the logs in {logs}"
+                )
             time.sleep(0.2)
         if not stopping:
             for role in ("executor", "dispatcher"):
-                console.print(f"  {role:<11} gRPC 127.0.0.1:{grpc_ports[role]}   "
-                              f"metrics http://127.0.0.1:{metrics_ports[role]}/metrics")
-            console.print(f"  apiserver   gRPC 127.0.0.1:{grpc_ports['apiserver']}   "
-                          f"REST http://127.0.0.1:{settings.http_port}/api/v1", soft_wrap=True)
-            console.print(f"  logs in {logs}/   [bold green]ready[/bold green]; Ctrl-C stops everything")
+                console.print(
+                    f"  {role:<11} gRPC 127.0.0.1:{grpc_ports[role]}   "
+                    f"metrics http://127.0.0.1:{metrics_ports[role]}/metrics"
+                )
+            console.print(
+                f"  apiserver   gRPC 127.0.0.1:{grpc_ports['apiserver']}   "
+                f"REST http://127.0.0.1:{settings.http_port}/api/v1",
+                soft_wrap=True,
+            )
+            console.print(
+                f"  logs in {logs}/   [bold green]ready[/bold green]; Ctrl-C stops everything"
+            )
         while not stopping:
             for child in children:
                 if child.proc is not None and child.proc.poll() is not None:
-                    raise RuntimeError(f"{child.role} exited with code {child.proc.returncode}; "
-                                       f"see {child.log_path}:\n{_tail(child.log_path)}")
+                    raise RuntimeError(
+                        f"{child.role} exited with code {child.proc.returncode}; "
+                        f"see {child.log_path}:\n{_tail(child.log_path)}"
+                    )
             time.sleep(0.5)
     except RuntimeError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True)

@@ -19,9 +19,9 @@ def _driver(url: str, sqlite_driver: str) -> str:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return parsed.set(drivername=f"sqlite+{sqlite_driver}" if sqlite_driver else "sqlite").render_as_string(
-            hide_password=False
-        )
+        return parsed.set(
+            drivername=f"sqlite+{sqlite_driver}" if sqlite_driver else "sqlite"
+        ).render_as_string(hide_password=False)
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")

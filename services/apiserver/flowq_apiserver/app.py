@@ -39,7 +39,9 @@ class ApiServer(Service):
         return self.settings.http_port
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
-        servicer = WorkflowServicer(self.db, self.redis, self.keys, shell_allowed=self.settings.executor_allow_shell)
+        servicer = WorkflowServicer(
+            self.db, self.redis, self.keys, shell_allowed=self.settings.executor_allow_shell
+        )
         workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(servicer, server)
         return [SERVICE.full_name]
 
@@ -63,7 +65,9 @@ class ApiServer(Service):
         try:
             await self.check_ready()
         except Exception as exc:  # noqa: BLE001 - reported, not raised
-            return JSONResponse({"status": "NOT_SERVING", "error": f"{type(exc).__name__}: {exc}"}, status_code=503)
+            return JSONResponse(
+                {"status": "NOT_SERVING", "error": f"{type(exc).__name__}: {exc}"}, status_code=503
+            )
         return JSONResponse({"status": "SERVING"})
 
     async def check_ready(self) -> None:

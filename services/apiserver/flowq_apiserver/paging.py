@@ -30,6 +30,8 @@ def decode(token: str) -> str | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
     if not text.startswith("v1:"):
-        raise InvalidArgumentError("page_token is not valid: pass next_page_token from a previous response",
-                                   field="page_token")
+        raise InvalidArgumentError(
+            "page_token is not valid: pass next_page_token from a previous response",
+            field="page_token",
+        )
     return text[3:]

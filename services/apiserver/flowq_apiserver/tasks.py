@@ -47,7 +47,9 @@ async def exec_workflow(
     check_name("app_id", app_id)
     check_name("workflow_name", workflow_name)
     if len(idempotency_key) > 255:
-        raise InvalidArgumentError("idempotency_key is longer than 255 characters", field="idempotency_key")
+        raise InvalidArgumentError(
+            "idempotency_key is longer than 255 characters", field="idempotency_key"
+        )
     key = idempotency_key or None
     if key is not None:
         existing = await _by_idempotency_key(session, app_id, key)
@@ -61,8 +63,12 @@ async def exec_workflow(
             f"workflow {workflow_name!r} not found in application {app_id!r}; "
             "create it first (PutWorkflow, or flowq apply -f FILE)"
         )
-    definition = json_format.ParseDict(workflow.spec, types_pb2.Workflow(), ignore_unknown_fields=True)
-    if not shell_allowed and any(STEP_TYPES[s.type].needs_shell for s in definition.steps if s.type in STEP_TYPES):
+    definition = json_format.ParseDict(
+        workflow.spec, types_pb2.Workflow(), ignore_unknown_fields=True
+    )
+    if not shell_allowed and any(
+        STEP_TYPES[s.type].needs_shell for s in definition.steps if s.type in STEP_TYPES
+    ):
         raise FailedPreconditionError(
             f"workflow {workflow_name!r} has shell steps and shell steps are disabled on this server "
             "(FLOWQ_EXECUTOR_ALLOW_SHELL=false)"
@@ -88,12 +94,27 @@ async def exec_workflow(
     await session.flush()
     session.add_all(
         [
-            StepRunRow(task_id=task.id, name=s.name, position=i, type=s.type, status=status.PENDING,
-                       attempts=0, message="", output="")
+            StepRunRow(
+                task_id=task.id,
+                name=s.name,
+                position=i,
+                type=s.type,
+                status=status.PENDING,
+                attempts=0,
+                message="",
+                output="",
+            )
             for i, s in enumerate(definition.steps)
         ]
-        + [TaskEventRow(task_id=task.id, at=now, type="created", message=f"workflow version {workflow.version}",
-                        attempt=1)]
+        + [
+            TaskEventRow(
+                task_id=task.id,
+                at=now,
+                type="created",
+                message=f"workflow version {workflow.version}",
+                attempt=1,
+            )
+        ]
     )
     try:
         await session.commit()
@@ -108,13 +129,21 @@ async def exec_workflow(
     try:
         await enqueue(redis, keys, Envelope.new(task.id, attempt=1))
     except (RedisError, OSError) as exc:
-        log.warning("task stored but not enqueued; the dispatcher's sweep will enqueue it",
-                    extra={"task_id": task.id, "error": str(exc)})
+        log.warning(
+            "task stored but not enqueued; the dispatcher's sweep will enqueue it",
+            extra={"task_id": task.id, "error": str(exc)},
+        )
     return await get_task(session, task.id)
 
 
 async def cancel_task(
-    session: AsyncSession, redis: aioredis.Redis, keys: Keys, app_id: str, task_id: str, reason: str, user: str
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    keys: Keys,
+    app_id: str,
+    task_id: str,
+    reason: str,
+    user: str,
 ) -> types_pb2.Task:
     """QUEUED: CANCELLED at once. RUNNING: flag it and tell its owner on the cancel channel."""
     check_name("app_id", app_id)
@@ -125,42 +154,70 @@ async def cancel_task(
     who = f" by {user}" if user else ""
     note = f"cancel requested{who}" + (f": {reason}" if reason else "")
     if row.status in status.TERMINAL_TASK_STATUSES:
-        raise FailedPreconditionError(f"task {task_id} already ended ({row.status}); nothing to cancel")
+        raise FailedPreconditionError(
+            f"task {task_id} already ended ({row.status}); nothing to cancel"
+        )
     result = await session.execute(
         update(TaskRow)
         .where(TaskRow.id == task_id, TaskRow.status == status.QUEUED)
-        .values(status=status.CANCELLED, reason=status.REASON_CANCELLED, message=note, cancel_requested=True,
-                finished_at=now, updated_at=now)
+        .values(
+            status=status.CANCELLED,
+            reason=status.REASON_CANCELLED,
+            message=note,
+            cancel_requested=True,
+            finished_at=now,
+            updated_at=now,
+        )
     )
     if result.rowcount == 1:
         await session.execute(
-            update(StepRunRow).where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
+            update(StepRunRow)
+            .where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
             .values(status=status.SKIPPED, message="task cancelled")
         )
-        session.add(TaskEventRow(task_id=task_id, at=now, type="cancelled", message=note, attempt=row.attempt))
+        session.add(
+            TaskEventRow(
+                task_id=task_id, at=now, type="cancelled", message=note, attempt=row.attempt
+            )
+        )
         await session.commit()
         return await get_task(session, task_id)
     await session.execute(
-        update(TaskRow).where(TaskRow.id == task_id, TaskRow.status == status.RUNNING)
+        update(TaskRow)
+        .where(TaskRow.id == task_id, TaskRow.status == status.RUNNING)
         .values(cancel_requested=True, message=note, updated_at=now)
     )
-    session.add(TaskEventRow(task_id=task_id, at=now, type="cancel-requested", message=note, attempt=row.attempt))
+    session.add(
+        TaskEventRow(
+            task_id=task_id, at=now, type="cancel-requested", message=note, attempt=row.attempt
+        )
+    )
     await session.commit()
     try:
         await redis.publish(keys.cancel, task_id)
-    except (RedisError, OSError) as exc:  # the database flag is the truth; the owner sees it on its next check
-        log.warning("cancel not published; the owner will see the flag", extra={"task_id": task_id, "error": str(exc)})
+    except (
+        RedisError,
+        OSError,
+    ) as exc:  # the database flag is the truth; the owner sees it on its next check
+        log.warning(
+            "cancel not published; the owner will see the flag",
+            extra={"task_id": task_id, "error": str(exc)},
+        )
     return await get_task(session, task_id)
 
 
 async def get_task(session: AsyncSession, task_id: str) -> types_pb2.Task:
     row = await _load(session, task_id)
-    steps = (await session.scalars(
-        select(StepRunRow).where(StepRunRow.task_id == task_id).order_by(StepRunRow.position)
-    )).all()
-    events = (await session.scalars(
-        select(TaskEventRow).where(TaskEventRow.task_id == task_id).order_by(TaskEventRow.id)
-    )).all()
+    steps = (
+        await session.scalars(
+            select(StepRunRow).where(StepRunRow.task_id == task_id).order_by(StepRunRow.position)
+        )
+    ).all()
+    events = (
+        await session.scalars(
+            select(TaskEventRow).where(TaskEventRow.task_id == task_id).order_by(TaskEventRow.id)
+        )
+    ).all()
     return task_message(row, steps, events)
 
 
@@ -185,15 +242,21 @@ async def list_tasks(
     page = rows[:limit]
     steps_by_task: dict[str, list[StepRunRow]] = {r.id: [] for r in page}
     if page:
-        for step in (await session.scalars(
-            select(StepRunRow).where(StepRunRow.task_id.in_(list(steps_by_task))).order_by(StepRunRow.position)
-        )).all():
+        for step in (
+            await session.scalars(
+                select(StepRunRow)
+                .where(StepRunRow.task_id.in_(list(steps_by_task)))
+                .order_by(StepRunRow.position)
+            )
+        ).all():
             steps_by_task[step.task_id].append(step)
     next_token = paging.encode(page[-1].id) if len(rows) > limit else ""
     return [task_message(r, steps_by_task[r.id]) for r in page], next_token
 
 
-async def watch_task(sessions: async_sessionmaker[AsyncSession], task_id: str) -> AsyncIterator[types_pb2.Task]:
+async def watch_task(
+    sessions: async_sessionmaker[AsyncSession], task_id: str
+) -> AsyncIterator[types_pb2.Task]:
     """Yield the task now and on every change, until it ends."""
     last: bytes | None = None
     while True:
@@ -218,4 +281,6 @@ async def _load(session: AsyncSession, task_id: str) -> TaskRow:
 
 
 async def _by_idempotency_key(session: AsyncSession, app_id: str, key: str) -> TaskRow | None:
-    return await session.scalar(select(TaskRow).where(TaskRow.app_id == app_id, TaskRow.idempotency_key == key))
+    return await session.scalar(
+        select(TaskRow).where(TaskRow.app_id == app_id, TaskRow.idempotency_key == key)
+    )

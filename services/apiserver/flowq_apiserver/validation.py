@@ -32,19 +32,24 @@ def check_workflow(workflow: types_pb2.Workflow, *, shell_allowed: bool) -> None
     if not workflow.steps:
         raise InvalidArgumentError("a workflow needs at least one step", field="workflow.steps")
     if len(workflow.steps) > MAX_STEPS:
-        raise InvalidArgumentError(f"a workflow has at most {MAX_STEPS} steps", field="workflow.steps")
+        raise InvalidArgumentError(
+            f"a workflow has at most {MAX_STEPS} steps", field="workflow.steps"
+        )
     seen: set[str] = set()
     for i, step in enumerate(workflow.steps):
         where = f"workflow.steps[{i}]"
         check_name(f"{where}.name", step.name)
         if step.name in seen:
-            raise InvalidArgumentError(f"step name {step.name!r} is used twice", field=f"{where}.name")
+            raise InvalidArgumentError(
+                f"step name {step.name!r} is used twice", field=f"{where}.name"
+            )
         seen.add(step.name)
         step_type = STEP_TYPES.get(step.type)
         if step_type is None:
             known = ", ".join(sorted(STEP_TYPES))
             raise InvalidArgumentError(
-                f"step {step.name!r}: unknown type {step.type!r}; this server runs: {known}", field=f"{where}.type"
+                f"step {step.name!r}: unknown type {step.type!r}; this server runs: {known}",
+                field=f"{where}.type",
             )
         if step_type.needs_shell and not shell_allowed:
             raise InvalidArgumentError(
@@ -54,13 +59,18 @@ def check_workflow(workflow: types_pb2.Workflow, *, shell_allowed: bool) -> None
             )
         props = json_format.MessageToDict(step.properties)
         for prop, problem in step_type.problems(props):
-            raise InvalidArgumentError(f"step {step.name!r}: {prop} {problem}", field=f"{where}.properties.{prop}")
+            raise InvalidArgumentError(
+                f"step {step.name!r}: {prop} {problem}", field=f"{where}.properties.{prop}"
+            )
         if step.timeout_seconds < 0:
-            raise InvalidArgumentError(f"step {step.name!r}: timeoutSeconds must not be negative",
-                                       field=f"{where}.timeout_seconds")
+            raise InvalidArgumentError(
+                f"step {step.name!r}: timeoutSeconds must not be negative",
+                field=f"{where}.timeout_seconds",
+            )
         if step.retry.max_attempts < 0 or step.retry.backoff_seconds < 0:
-            raise InvalidArgumentError(f"step {step.name!r}: retry numbers must not be negative",
-                                       field=f"{where}.retry")
+            raise InvalidArgumentError(
+                f"step {step.name!r}: retry numbers must not be negative", field=f"{where}.retry"
+            )
         if step.depends_on and workflow.mode != types_pb2.DAG:
             raise InvalidArgumentError(
                 f"step {step.name!r}: dependsOn is only allowed in DAG mode (use priority in STEP_BY_STEP)",
@@ -75,11 +85,14 @@ def _check_graph(workflow: types_pb2.Workflow) -> None:
     for i, step in enumerate(workflow.steps):
         for dep in step.depends_on:
             if dep not in names:
-                raise InvalidArgumentError(f"step {step.name!r} depends on unknown step {dep!r}",
-                                           field=f"workflow.steps[{i}].depends_on")
+                raise InvalidArgumentError(
+                    f"step {step.name!r} depends on unknown step {dep!r}",
+                    field=f"workflow.steps[{i}].depends_on",
+                )
             if dep == step.name:
-                raise InvalidArgumentError(f"step {step.name!r} depends on itself",
-                                           field=f"workflow.steps[{i}].depends_on")
+                raise InvalidArgumentError(
+                    f"step {step.name!r} depends on itself", field=f"workflow.steps[{i}].depends_on"
+                )
     # Kahn's algorithm: whatever is left has a cycle.
     deps = {step.name: set(step.depends_on) for step in workflow.steps}
     done: set[str] = set()
@@ -90,5 +103,7 @@ def _check_graph(workflow: types_pb2.Workflow) -> None:
         done.update(free)
     left = sorted(set(deps) - done, key=names.__getitem__)
     if left:
-        raise InvalidArgumentError(f"dependsOn has a cycle among steps {', '.join(left)}",
-                                   field=f"workflow.steps[{names[left[0]]}].depends_on")
+        raise InvalidArgumentError(
+            f"dependsOn has a cycle among steps {', '.join(left)}",
+            field=f"workflow.steps[{names[left[0]]}].depends_on",
+        )

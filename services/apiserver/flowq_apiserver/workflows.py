@@ -15,21 +15,33 @@ from flowq_apiserver.validation import check_name, check_workflow
 
 
 async def put_workflow(
-    session: AsyncSession, app_id: str, name: str, workflow: types_pb2.Workflow, *, shell_allowed: bool
+    session: AsyncSession,
+    app_id: str,
+    name: str,
+    workflow: types_pb2.Workflow,
+    *,
+    shell_allowed: bool,
 ) -> types_pb2.Workflow:
     """Create or replace a definition (version + 1 on replace)."""
     check_name("app_id", app_id)
     check_name("name", name)
-    for field, given, expected in (("workflow.app_id", workflow.app_id, app_id), ("workflow.name", workflow.name, name)):
+    for field, given, expected in (
+        ("workflow.app_id", workflow.app_id, app_id),
+        ("workflow.name", workflow.name, name),
+    ):
         if given and given != expected:
-            raise InvalidArgumentError(f"{field} is {given!r} but the request is for {expected!r}", field=field)
+            raise InvalidArgumentError(
+                f"{field} is {given!r} but the request is for {expected!r}", field=field
+            )
     check_workflow(workflow, shell_allowed=shell_allowed)
     spec = spec_of(workflow)
     now = utcnow()
     for _ in range(2):  # a concurrent first put may win the insert; then we replace it
         row = await _find(session, app_id, name)
         if row is None:
-            row = WorkflowRow(app_id=app_id, name=name, spec=spec, version=1, created_at=now, updated_at=now)
+            row = WorkflowRow(
+                app_id=app_id, name=name, spec=spec, version=1, created_at=now, updated_at=now
+            )
             session.add(row)
         else:
             row.spec, row.version, row.updated_at = spec, row.version + 1, now
@@ -56,7 +68,12 @@ async def list_workflows(
     check_name("app_id", app_id)
     limit = paging.page_size(size)
     after = paging.decode(token)
-    query = select(WorkflowRow).where(WorkflowRow.app_id == app_id).order_by(WorkflowRow.name).limit(limit + 1)
+    query = (
+        select(WorkflowRow)
+        .where(WorkflowRow.app_id == app_id)
+        .order_by(WorkflowRow.name)
+        .limit(limit + 1)
+    )
     if after is not None:
         query = query.where(WorkflowRow.name > after)
     rows = list((await session.scalars(query)).all())
@@ -76,4 +93,6 @@ async def delete_workflow(session: AsyncSession, app_id: str, name: str) -> None
 
 
 async def _find(session: AsyncSession, app_id: str, name: str) -> WorkflowRow | None:
-    return await session.scalar(select(WorkflowRow).where(WorkflowRow.app_id == app_id, WorkflowRow.name == name))
+    return await session.scalar(
+        select(WorkflowRow).where(WorkflowRow.app_id == app_id, WorkflowRow.name == name)
+    )

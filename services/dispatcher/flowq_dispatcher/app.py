@@ -46,11 +46,15 @@ class Dispatcher(Service):
         self.loops: Supervisor | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
-        queue_service_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.redis, self.keys), server)
+        queue_service_pb2_grpc.add_QueueServiceServicer_to_server(
+            QueueServicer(self.redis, self.keys), server
+        )
         return [SERVICE.full_name]
 
     async def start(self, loops: Supervisor) -> None:
-        self.channel = grpc.aio.insecure_channel(self.settings.executor_target, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(
+            self.settings.executor_target, options=CHANNEL_OPTIONS
+        )
         self.executor = executor_service_pb2_grpc.ExecutorServiceStub(self.channel)
         self.loops = loops
         loops.spawn("read", self.consumer.read_loop)
@@ -72,12 +76,18 @@ class Dispatcher(Service):
     async def _sweep_loop(self) -> None:
         while not self.consumer.stopping.is_set():
             try:
-                await sweep.recover_orphans(self.db, self.redis, self.keys, self.settings.lease_ttl_seconds)
-                await sweep.requeue_stale(self.db, self.redis, self.keys, self.settings.requeue_after_seconds)
+                await sweep.recover_orphans(
+                    self.db, self.redis, self.keys, self.settings.lease_ttl_seconds
+                )
+                await sweep.requeue_stale(
+                    self.db, self.redis, self.keys, self.settings.requeue_after_seconds
+                )
             except Exception as exc:  # noqa: BLE001 - database or Redis blip: next round
                 log.warning("sweep failed; retrying next round", extra={"error": str(exc)})
             try:
-                await asyncio.wait_for(self.consumer.stopping.wait(), self.settings.sweep_interval_seconds)
+                await asyncio.wait_for(
+                    self.consumer.stopping.wait(), self.settings.sweep_interval_seconds
+                )
             except TimeoutError:
                 pass
 

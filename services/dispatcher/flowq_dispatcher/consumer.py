@@ -29,20 +29,30 @@ BATCH = 64
 BLOCK_MS = 2000
 MAX_IN_FLIGHT = 64
 
-MESSAGES = Counter("flowq_dispatcher_messages_total", "Stream entries handled, by outcome.", ["outcome"])
-DEAD_LETTERED = Counter("flowq_dispatcher_dead_lettered_total", "Entries moved to the dead-letter stream.",
-                        ["reason"])
-LOOP_ERRORS = Counter("flowq_dispatcher_loop_errors_total", "Read and claim failures (Redis errors).", ["loop"])
-LAST_DISPATCH = Gauge("flowq_dispatcher_last_dispatch_timestamp_seconds",
-                      "Unix time of the last task handed to an executor.")
+MESSAGES = Counter(
+    "flowq_dispatcher_messages_total", "Stream entries handled, by outcome.", ["outcome"]
+)
+DEAD_LETTERED = Counter(
+    "flowq_dispatcher_dead_lettered_total", "Entries moved to the dead-letter stream.", ["reason"]
+)
+LOOP_ERRORS = Counter(
+    "flowq_dispatcher_loop_errors_total", "Read and claim failures (Redis errors).", ["loop"]
+)
+LAST_DISPATCH = Gauge(
+    "flowq_dispatcher_last_dispatch_timestamp_seconds",
+    "Unix time of the last task handed to an executor.",
+)
 ENQUEUE_TO_ACCEPTED = Histogram(
-    "flowq_dispatcher_enqueue_to_accepted_seconds", "From XADD to an executor accepting the task.",
+    "flowq_dispatcher_enqueue_to_accepted_seconds",
+    "From XADD to an executor accepting the task.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
 
 class Consumer:
-    def __init__(self, settings: Settings, db: Database, redis: aioredis.Redis, keys: Keys, run_task: RunTask) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, redis: aioredis.Redis, keys: Keys, run_task: RunTask
+    ) -> None:
         self.settings = settings
         self.db = db
         self.redis = redis
@@ -79,7 +89,9 @@ class Consumer:
                 cursor, entries = await stream.autoclaim(
                     self.redis, self.keys, self.name, self.settings.claim_idle_ms, cursor, BATCH
                 )
-                counts = await stream.delivery_counts(self.redis, self.keys, [e[0] for e in entries])
+                counts = await stream.delivery_counts(
+                    self.redis, self.keys, [e[0] for e in entries]
+                )
             except (RedisError, OSError) as exc:
                 cursor = "0-0"
                 await self._failed("claim", backoff, exc)
@@ -97,8 +109,16 @@ class Consumer:
         self.redis_ok = False
         LOOP_ERRORS.labels(loop=loop).inc()
         delay = backoff.next()
-        log.warning("%s failed; retrying", loop, extra={"loop": loop, "failures": backoff.failures,
-                                                        "retry_in_seconds": round(delay, 2), "error": str(exc)})
+        log.warning(
+            "%s failed; retrying",
+            loop,
+            extra={
+                "loop": loop,
+                "failures": backoff.failures,
+                "retry_in_seconds": round(delay, 2),
+                "error": str(exc),
+            },
+        )
         try:
             await asyncio.wait_for(self.stopping.wait(), delay)
         except TimeoutError:
@@ -114,17 +134,27 @@ class Consumer:
     async def _settle(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
         with log_context(entry_id=entry_id, task_id=fields.get("taskId")):
             if deliveries > self.settings.max_deliveries:
-                await self._dead_letter(entry_id, fields, "max-deliveries", deliveries,
-                                        "delivered more times than FLOWQ_MAX_DELIVERIES without an outcome")
+                await self._dead_letter(
+                    entry_id,
+                    fields,
+                    "max-deliveries",
+                    deliveries,
+                    "delivered more times than FLOWQ_MAX_DELIVERIES without an outcome",
+                )
                 return
             result = await handle(self.db, fields, self.run_task)
             try:
                 await self._apply(entry_id, fields, deliveries, result)
             except (RedisError, OSError) as exc:
                 # Not acked: the entry stays pending and is claimed again later.
-                log.warning("could not settle entry", extra={"outcome": result.outcome.value, "error": str(exc)})
+                log.warning(
+                    "could not settle entry",
+                    extra={"outcome": result.outcome.value, "error": str(exc)},
+                )
 
-    async def _apply(self, entry_id: str, fields: dict[str, str], deliveries: int, result: Result) -> None:
+    async def _apply(
+        self, entry_id: str, fields: dict[str, str], deliveries: int, result: Result
+    ) -> None:
         MESSAGES.labels(outcome=result.outcome.value).inc()
         if result.outcome.acks:
             await stream.ack(self.redis, self.keys, entry_id)
@@ -134,16 +164,31 @@ class Consumer:
                 if enqueued:
                     ENQUEUE_TO_ACCEPTED.observe(max(0.0, time.time() - enqueued))
             else:
-                log.info("acked without dispatch", extra={"outcome": result.outcome.value, "detail": result.detail})
+                log.info(
+                    "acked without dispatch",
+                    extra={"outcome": result.outcome.value, "detail": result.detail},
+                )
         elif result.outcome is Outcome.DEAD:
             await self._dead_letter(entry_id, fields, "decode-error", deliveries, result.detail)
         elif deliveries >= self.settings.max_deliveries:
             await self._dead_letter(entry_id, fields, "max-deliveries", deliveries, result.detail)
         else:
-            log.info("left pending; will retry", extra={"deliveries": deliveries, "detail": result.detail})
+            log.info(
+                "left pending; will retry",
+                extra={"deliveries": deliveries, "detail": result.detail},
+            )
 
-    async def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str, attempts: int, error: str) -> None:
-        await stream.dead_letter(self.redis, self.keys, entry_id, fields, reason=reason, attempts=attempts,
-                                 last_error=error)
+    async def _dead_letter(
+        self, entry_id: str, fields: dict[str, str], reason: str, attempts: int, error: str
+    ) -> None:
+        await stream.dead_letter(
+            self.redis,
+            self.keys,
+            entry_id,
+            fields,
+            reason=reason,
+            attempts=attempts,
+            last_error=error,
+        )
         DEAD_LETTERED.labels(reason=reason).inc()
         log.warning("dead-lettered", extra={"reason": reason, "attempts": attempts, "error": error})

@@ -35,12 +35,22 @@ async def queue_stats(redis: aioredis.Redis, keys: Keys) -> pb.QueueStats:
             oldest_ms = int(_text(summary[0]["message_id"]).split("-")[0])
             stats.oldest_pending_age_ms = max(0, int(time.time() * 1000) - oldest_ms)
         for consumer in await redis.xinfo_consumers(keys.dispatch, keys.group):
-            stats.consumers.append(pb.ConsumerInfo(name=_text(consumer["name"]), pending=int(consumer["pending"]),
-                                                   idle_ms=int(consumer["idle"])))
+            stats.consumers.append(
+                pb.ConsumerInfo(
+                    name=_text(consumer["name"]),
+                    pending=int(consumer["pending"]),
+                    idle_ms=int(consumer["idle"]),
+                )
+            )
     elif groups:
         for consumer in await redis.xinfo_consumers(keys.dispatch, keys.group):
-            stats.consumers.append(pb.ConsumerInfo(name=_text(consumer["name"]), pending=int(consumer["pending"]),
-                                                   idle_ms=int(consumer["idle"])))
+            stats.consumers.append(
+                pb.ConsumerInfo(
+                    name=_text(consumer["name"]),
+                    pending=int(consumer["pending"]),
+                    idle_ms=int(consumer["idle"]),
+                )
+            )
     return stats
 
 
@@ -50,13 +60,20 @@ def _dead_letter(entry_id: str, raw: dict[str, str]) -> pb.DeadLetter:
     ts = timestamp_pb2.Timestamp()
     ts.FromMilliseconds(dead_at)
     return pb.DeadLetter(
-        id=entry_id, original_id=raw.get("originalId", ""), task_id=original.get("taskId", ""),
-        reason=raw.get("reason", ""), attempts=int(raw.get("attempts", "0") or 0),
-        last_error=raw.get("lastError", ""), time=ts, fields=original,
+        id=entry_id,
+        original_id=raw.get("originalId", ""),
+        task_id=original.get("taskId", ""),
+        reason=raw.get("reason", ""),
+        attempts=int(raw.get("attempts", "0") or 0),
+        last_error=raw.get("lastError", ""),
+        time=ts,
+        fields=original,
     )
 
 
-async def list_dead_letters(redis: aioredis.Redis, keys: Keys, size: int, token: str) -> tuple[list[pb.DeadLetter], str]:
+async def list_dead_letters(
+    redis: aioredis.Redis, keys: Keys, size: int, token: str
+) -> tuple[list[pb.DeadLetter], str]:
     """Newest first; the page token is the id to continue before."""
     if size < 0:
         raise InvalidArgumentError("page_size must not be negative", field="page_size")
@@ -67,7 +84,9 @@ async def list_dead_letters(redis: aioredis.Redis, keys: Keys, size: int, token:
     return items, (items[-1].id if len(rows) > limit else "")
 
 
-async def _select(redis: aioredis.Redis, keys: Keys, ids: list[str], everything: bool) -> list[tuple[str, dict]]:
+async def _select(
+    redis: aioredis.Redis, keys: Keys, ids: list[str], everything: bool
+) -> list[tuple[str, dict]]:
     if everything == bool(ids):
         raise InvalidArgumentError("give either ids or all=true", field="ids")
     if everything:
@@ -97,9 +116,13 @@ async def replay(redis: aioredis.Redis, keys: Keys, ids: list[str], everything: 
     return count
 
 
-async def purge(redis: aioredis.Redis, keys: Keys, ids: list[str], everything: bool, confirm: str) -> int:
+async def purge(
+    redis: aioredis.Redis, keys: Keys, ids: list[str], everything: bool, confirm: str
+) -> int:
     if confirm != "purge":
-        raise InvalidArgumentError('set confirm to "purge" to delete dead letters for good', field="confirm")
+        raise InvalidArgumentError(
+            'set confirm to "purge" to delete dead letters for good', field="confirm"
+        )
     if everything and not ids:
         count = await redis.xlen(keys.dead_letters)
         await redis.delete(keys.dead_letters)

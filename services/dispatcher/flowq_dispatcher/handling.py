@@ -1,8 +1,8 @@
 """What to do with one stream entry. Plain use case: no Redis, no gRPC server code.
 
-    decode (malformed: dead-letter at once) -> load the task (database error: no ack) ->
-    missing: ack (task-missing) -> terminal, or owned under a live lease: ack (duplicate) ->
-    RunTask -> accepted, or claimed by someone else: ack -> busy or unreachable: no ack.
+decode (malformed: dead-letter at once) -> load the task (database error: no ack) ->
+missing: ack (task-missing) -> terminal, or owned under a live lease: ack (duplicate) ->
+RunTask -> accepted, or claimed by someone else: ack -> busy or unreachable: no ack.
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ async def handle(db: Database, fields: dict[str, str], run_task: RunTask) -> Res
         return Result(Outcome.DEAD, exc.message)
     try:
         async with db.session() as session:
-            row = (await session.execute(
-                select(TaskRow.status, TaskRow.owner_id, ExecutorLeaseRow.expires_at)
-                .outerjoin(ExecutorLeaseRow, ExecutorLeaseRow.instance_id == TaskRow.owner_id)
-                .where(TaskRow.id == envelope.task_id)
-            )).one_or_none()
+            row = (
+                await session.execute(
+                    select(TaskRow.status, TaskRow.owner_id, ExecutorLeaseRow.expires_at)
+                    .outerjoin(ExecutorLeaseRow, ExecutorLeaseRow.instance_id == TaskRow.owner_id)
+                    .where(TaskRow.id == envelope.task_id)
+                )
+            ).one_or_none()
     except Exception as exc:  # noqa: BLE001 - any database failure is transient here
         return Result(Outcome.RETRY, f"database: {type(exc).__name__}: {exc}", envelope.task_id)
     if row is None:
@@ -67,7 +69,9 @@ async def handle(db: Database, fields: dict[str, str], run_task: RunTask) -> Res
     if task_status in status.TERMINAL_TASK_STATUSES:
         return Result(Outcome.DUPLICATE, f"task already {task_status}", envelope.task_id)
     if task_status == status.RUNNING and lease_expires is not None and lease_expires > utcnow():
-        return Result(Outcome.DUPLICATE, f"task running on {owner} under a live lease", envelope.task_id)
+        return Result(
+            Outcome.DUPLICATE, f"task running on {owner} under a live lease", envelope.task_id
+        )
     try:
         answer = await run_task(envelope.task_id, envelope.attempt)
     except FlowqError as exc:

@@ -16,13 +16,17 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         self.redis = redis
         self.keys = keys
 
-    async def GetQueueStats(self, request: pb.GetQueueStatsRequest, context: grpc.aio.ServicerContext) -> pb.QueueStats:
+    async def GetQueueStats(
+        self, request: pb.GetQueueStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.QueueStats:
         return await deadletters.queue_stats(self.redis, self.keys)
 
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListDeadLettersResponse:
-        items, token = await deadletters.list_dead_letters(self.redis, self.keys, request.page_size, request.page_token)
+        items, token = await deadletters.list_dead_letters(
+            self.redis, self.keys, request.page_size, request.page_token
+        )
         return pb.ListDeadLettersResponse(dead_letters=items, next_page_token=token)
 
     async def ReplayDeadLetters(
@@ -34,5 +38,7 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     async def PurgeDeadLetters(
         self, request: pb.PurgeDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> pb.PurgeDeadLettersResponse:
-        count = await deadletters.purge(self.redis, self.keys, list(request.ids), request.all, request.confirm)
+        count = await deadletters.purge(
+            self.redis, self.keys, list(request.ids), request.all, request.confirm
+        )
         return pb.PurgeDeadLettersResponse(purged=count)

@@ -26,26 +26,41 @@ log = logging.getLogger(__name__)
 SWEEP_BATCH = 500
 MAX_TASK_ATTEMPTS = 3
 
-RECOVERED = Counter("flowq_tasks_recovered_total", "Tasks recovered by the sweep, by reason.", ["reason"])
+RECOVERED = Counter(
+    "flowq_tasks_recovered_total", "Tasks recovered by the sweep, by reason.", ["reason"]
+)
 
 
-async def requeue_stale(db: Database, redis: aioredis.Redis, keys: Keys, requeue_after: float) -> int:
+async def requeue_stale(
+    db: Database, redis: aioredis.Redis, keys: Keys, requeue_after: float
+) -> int:
     """Enqueue QUEUED tasks whose last enqueue is older than `requeue_after` seconds."""
     now = utcnow()
     cutoff = now - timedelta(seconds=requeue_after)
     async with db.session() as session:
-        rows = (await session.execute(
-            select(TaskRow.id, TaskRow.attempt, TaskRow.enqueued_at)
-            .where(TaskRow.status == status.QUEUED, or_(TaskRow.enqueued_at.is_(None), TaskRow.enqueued_at < cutoff))
-            .order_by(TaskRow.id).limit(SWEEP_BATCH)
-        )).all()
+        rows = (
+            await session.execute(
+                select(TaskRow.id, TaskRow.attempt, TaskRow.enqueued_at)
+                .where(
+                    TaskRow.status == status.QUEUED,
+                    or_(TaskRow.enqueued_at.is_(None), TaskRow.enqueued_at < cutoff),
+                )
+                .order_by(TaskRow.id)
+                .limit(SWEEP_BATCH)
+            )
+        ).all()
     count = 0
     for task_id, attempt, enqueued_at in rows:
         async with db.session() as session:
             result = await session.execute(
                 update(TaskRow)
-                .where(TaskRow.id == task_id, TaskRow.status == status.QUEUED,
-                       TaskRow.enqueued_at.is_(None) if enqueued_at is None else TaskRow.enqueued_at == enqueued_at)
+                .where(
+                    TaskRow.id == task_id,
+                    TaskRow.status == status.QUEUED,
+                    TaskRow.enqueued_at.is_(None)
+                    if enqueued_at is None
+                    else TaskRow.enqueued_at == enqueued_at,
+                )
                 .values(enqueued_at=now)
             )
             await session.commit()
@@ -62,33 +77,53 @@ async def recover_orphans(db: Database, redis: aioredis.Redis, keys: Keys, lease
     """Move RUNNING tasks whose owner's lease expired back to QUEUED, or FAILED after too many tries."""
     now = utcnow()
     async with db.session() as session:
-        rows = (await session.execute(
-            select(TaskRow.id, TaskRow.owner_id, TaskRow.epoch, TaskRow.attempt)
-            .outerjoin(ExecutorLeaseRow, ExecutorLeaseRow.instance_id == TaskRow.owner_id)
-            .where(
-                TaskRow.status == status.RUNNING,
-                or_(
-                    ExecutorLeaseRow.expires_at < now,
-                    and_(ExecutorLeaseRow.instance_id.is_(None),
-                         TaskRow.updated_at < now - timedelta(seconds=lease_ttl)),
-                ),
+        rows = (
+            await session.execute(
+                select(TaskRow.id, TaskRow.owner_id, TaskRow.epoch, TaskRow.attempt)
+                .outerjoin(ExecutorLeaseRow, ExecutorLeaseRow.instance_id == TaskRow.owner_id)
+                .where(
+                    TaskRow.status == status.RUNNING,
+                    or_(
+                        ExecutorLeaseRow.expires_at < now,
+                        and_(
+                            ExecutorLeaseRow.instance_id.is_(None),
+                            TaskRow.updated_at < now - timedelta(seconds=lease_ttl),
+                        ),
+                    ),
+                )
+                .limit(SWEEP_BATCH)
             )
-            .limit(SWEEP_BATCH)
-        )).all()
+        ).all()
     count = 0
     for task_id, owner, epoch, attempt in rows:
         with log_context(task_id=task_id):
             give_up = attempt >= MAX_TASK_ATTEMPTS
             why = f"owner {owner} lost its lease"
             async with db.session() as session:
-                fenced = (TaskRow.id == task_id) & (TaskRow.epoch == epoch) & (TaskRow.status == status.RUNNING)
+                fenced = (
+                    (TaskRow.id == task_id)
+                    & (TaskRow.epoch == epoch)
+                    & (TaskRow.status == status.RUNNING)
+                )
                 if give_up:
-                    values = dict(status=status.FAILED, reason=status.REASON_OWNER_LOST, finished_at=now,
-                                  message=f"{why}; gave up after {attempt} attempts", epoch=epoch + 1)
+                    values = dict(
+                        status=status.FAILED,
+                        reason=status.REASON_OWNER_LOST,
+                        finished_at=now,
+                        message=f"{why}; gave up after {attempt} attempts",
+                        epoch=epoch + 1,
+                    )
                 else:
-                    values = dict(status=status.QUEUED, owner_id=None, epoch=epoch + 1, attempt=attempt + 1,
-                                  enqueued_at=now)
-                result = await session.execute(update(TaskRow).where(fenced).values(updated_at=now, **values))
+                    values = dict(
+                        status=status.QUEUED,
+                        owner_id=None,
+                        epoch=epoch + 1,
+                        attempt=attempt + 1,
+                        enqueued_at=now,
+                    )
+                result = await session.execute(
+                    update(TaskRow).where(fenced).values(updated_at=now, **values)
+                )
                 if result.rowcount != 1:
                     await session.rollback()
                     continue
@@ -99,14 +134,25 @@ async def recover_orphans(db: Database, redis: aioredis.Redis, keys: Keys, lease
                 )
                 if give_up:
                     await session.execute(
-                        update(StepRunRow).where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
+                        update(StepRunRow)
+                        .where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
                         .values(status=status.SKIPPED, message="task failed")
                     )
-                session.add(TaskEventRow(task_id=task_id, at=now, type="failed" if give_up else "recovered",
-                                         message=why, owner_id=owner, attempt=attempt))
+                session.add(
+                    TaskEventRow(
+                        task_id=task_id,
+                        at=now,
+                        type="failed" if give_up else "recovered",
+                        message=why,
+                        owner_id=owner,
+                        attempt=attempt,
+                    )
+                )
                 await session.commit()
             RECOVERED.labels(reason=status.REASON_OWNER_LOST if give_up else "lease-expired").inc()
-            log.warning("recovered task from a lost owner", extra={"owner_id": owner, "gave_up": give_up})
+            log.warning(
+                "recovered task from a lost owner", extra={"owner_id": owner, "gave_up": give_up}
+            )
             if not give_up:
                 await stream.enqueue(redis, keys, stream.Envelope.new(task_id, attempt + 1))
             count += 1

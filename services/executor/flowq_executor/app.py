@@ -29,7 +29,9 @@ class Executor(Service):
         self.runner = TaskRunner(settings, self.db, self.redis, Keys(settings.key_prefix))
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
-        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(self.runner), server)
+        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(
+            ExecutorServicer(self.runner), server
+        )
         return [SERVICE.full_name]
 
     async def start(self, loops: Supervisor) -> None:

@@ -43,8 +43,12 @@ class Plan:
 def make_plan(workflow: types_pb2.Workflow) -> Plan:
     steps = list(workflow.steps)
     if workflow.mode == types_pb2.DAG:
-        return Plan(steps, {s.name: set(s.depends_on) for s in steps}, workflow.max_concurrency or None,
-                    workflow.fail_fast)
+        return Plan(
+            steps,
+            {s.name: set(s.depends_on) for s in steps},
+            workflow.max_concurrency or None,
+            workflow.fail_fast,
+        )
     order = sorted(steps, key=lambda s: s.priority)  # stable: declared order within a priority
     deps = {s.name: {o.name for o in steps if o.priority < s.priority} for s in steps}
     return Plan(order, deps, max(1, workflow.max_concurrency), True)
@@ -86,7 +90,9 @@ class TaskController:
             try:
                 await self._run()
             except FencedError as exc:
-                log.warning("fence moved; stopping without touching the task", extra={"error": exc.message})
+                log.warning(
+                    "fence moved; stopping without touching the task", extra={"error": exc.message}
+                )
                 self.request_stop("fenced")
                 await self._await_steps()
             except Exception as exc:
@@ -99,14 +105,21 @@ class TaskController:
                 self.on_done()
 
     async def _run(self) -> None:
-        workflow = json_format.ParseDict(self.claimed.spec, types_pb2.Workflow(), ignore_unknown_fields=True)
+        workflow = json_format.ParseDict(
+            self.claimed.spec, types_pb2.Workflow(), ignore_unknown_fields=True
+        )
         plan = make_plan(workflow)
         states = {name: st for name, (st, _attempts) in self.claimed.steps.items()}
         attempts = {name: a for name, (_st, a) in self.claimed.steps.items()}
-        pending = [s for s in plan.order if states.get(s.name) not in (status.SUCCEEDED, status.SKIPPED)]
+        pending = [
+            s for s in plan.order if states.get(s.name) not in (status.SUCCEEDED, status.SKIPPED)
+        ]
         failures: list[tuple[str, str, bool]] = []  # (step, message, timed out)
         deadline = workflow.timeout_seconds or None
-        log.info("task started", extra={"steps": len(plan.order), "resumed_steps": len(plan.order) - len(pending)})
+        log.info(
+            "task started",
+            extra={"steps": len(plan.order), "resumed_steps": len(plan.order) - len(pending)},
+        )
         try:
             async with asyncio.timeout(deadline):
                 await self._schedule(plan, pending, states, attempts, failures)
@@ -115,8 +128,14 @@ class TaskController:
             await self._await_steps()
         await self._finish(failures)
 
-    async def _schedule(self, plan: Plan, pending: list[types_pb2.Step], states: dict[str, str],
-                        attempts: dict[str, int], failures: list[tuple[str, str, bool]]) -> None:
+    async def _schedule(
+        self,
+        plan: Plan,
+        pending: list[types_pb2.Step],
+        states: dict[str, str],
+        attempts: dict[str, int],
+        failures: list[tuple[str, str, bool]],
+    ) -> None:
         waiting = list(pending)
         while waiting or self._steps:
             if self.stop.reason:
@@ -126,15 +145,21 @@ class TaskController:
                     waiting.remove(step)
                     states[step.name] = status.SKIPPED
                     async with self.db.session() as s:
-                        await repository.update_step(s, self.fence, step.name, status=status.SKIPPED,
-                                                     message="a step it depends on did not succeed")
+                        await repository.update_step(
+                            s,
+                            self.fence,
+                            step.name,
+                            status=status.SKIPPED,
+                            message="a step it depends on did not succeed",
+                        )
             for step in list(waiting):
                 if plan.limit is not None and len(self._steps) >= plan.limit:
                     break
                 if all(states.get(d) == status.SUCCEEDED for d in plan.deps[step.name]):
                     waiting.remove(step)
                     self._steps[step.name] = asyncio.create_task(
-                        self._run_step(step, attempts.get(step.name, 0), failures), name=f"step:{step.name}"
+                        self._run_step(step, attempts.get(step.name, 0), failures),
+                        name=f"step:{step.name}",
                     )
             if not self._steps:
                 break
@@ -158,22 +183,41 @@ class TaskController:
             await asyncio.gather(*self._steps.values(), return_exceptions=True)
             self._steps.clear()
 
-    async def _run_step(self, step: types_pb2.Step, prior_attempts: int,
-                        failures: list[tuple[str, str, bool]]) -> bool:
+    async def _run_step(
+        self, step: types_pb2.Step, prior_attempts: int, failures: list[tuple[str, str, bool]]
+    ) -> bool:
         """Run one step with its timeout and retries; True when it succeeded."""
         with log_context(step=step.name):
             step_type = STEP_TYPES.get(step.type)
-            timeout = step.timeout_seconds or (step_type.default_timeout_seconds if step_type else 60)
+            timeout = step.timeout_seconds or (
+                step_type.default_timeout_seconds if step_type else 60
+            )
             allowed = max(1, step.retry.max_attempts)
             props = json_format.MessageToDict(step.properties)
             for n in range(1, allowed + 1):
                 attempt = prior_attempts + n
                 async with self.db.session() as s:
-                    await repository.update_step(s, self.fence, step.name, status=status.RUNNING, attempts=attempt,
-                                                 message="", started_at=utcnow(), finished_at=None,
-                                                 event="step-started", event_message=f"{step.name} attempt {attempt}")
-                ctx = StepContext(self.fence.task_id, self.claimed.app_id, self.claimed.workflow_name, step.name,
-                                  attempt, props, self.allow_shell)
+                    await repository.update_step(
+                        s,
+                        self.fence,
+                        step.name,
+                        status=status.RUNNING,
+                        attempts=attempt,
+                        message="",
+                        started_at=utcnow(),
+                        finished_at=None,
+                        event="step-started",
+                        event_message=f"{step.name} attempt {attempt}",
+                    )
+                ctx = StepContext(
+                    self.fence.task_id,
+                    self.claimed.app_id,
+                    self.claimed.workflow_name,
+                    step.name,
+                    attempt,
+                    props,
+                    self.allow_shell,
+                )
                 output, timed_out = "", False
                 job = None
                 try:
@@ -183,36 +227,65 @@ class TaskController:
                 except StepFailedError as exc:
                     message, output = exc.message, exc.output
                 except TimeoutError:
-                    message, timed_out = f"timeout: the step ran longer than its timeoutSeconds ({timeout}s)", True
+                    message, timed_out = (
+                        f"timeout: the step ran longer than its timeoutSeconds ({timeout}s)",
+                        True,
+                    )
                 except asyncio.CancelledError:
                     await self._clean(step, job)
                     if self.stop.reason in ("fail-fast", "cancelled", "timeout"):
                         async with self.db.session() as s:
                             await repository.update_step(
-                                s, self.fence, step.name, status=status.CANCELLED, finished_at=utcnow(),
+                                s,
+                                self.fence,
+                                step.name,
+                                status=status.CANCELLED,
+                                finished_at=utcnow(),
                                 message=f"stopped: {self.stop.message or self.stop.reason}",
-                                event="step-cancelled", event_message=step.name)
+                                event="step-cancelled",
+                                event_message=step.name,
+                            )
                     raise
                 else:
                     async with self.db.session() as s:
-                        await repository.update_step(s, self.fence, step.name, status=status.SUCCEEDED,
-                                                     output=output, finished_at=utcnow(), event="step-succeeded",
-                                                     event_message=step.name)
+                        await repository.update_step(
+                            s,
+                            self.fence,
+                            step.name,
+                            status=status.SUCCEEDED,
+                            output=output,
+                            finished_at=utcnow(),
+                            event="step-succeeded",
+                            event_message=step.name,
+                        )
                     return True
                 await self._clean(step, job)
                 if n < allowed:
                     delay = step.retry.backoff_seconds * (2 ** (n - 1)) * random.uniform(0.8, 1.2)
                     async with self.db.session() as s:
                         await repository.update_step(
-                            s, self.fence, step.name, output=output,
+                            s,
+                            self.fence,
+                            step.name,
+                            output=output,
                             message=f"attempt {attempt} failed: {message}; retrying in {delay:.1f}s",
-                            event="step-retrying", event_message=f"{step.name}: {message}")
+                            event="step-retrying",
+                            event_message=f"{step.name}: {message}",
+                        )
                     await asyncio.sleep(delay)
                     continue
                 async with self.db.session() as s:
-                    await repository.update_step(s, self.fence, step.name, status=status.FAILED, message=message,
-                                                 output=output, finished_at=utcnow(), event="step-failed",
-                                                 event_message=f"{step.name}: {message}")
+                    await repository.update_step(
+                        s,
+                        self.fence,
+                        step.name,
+                        status=status.FAILED,
+                        message=message,
+                        output=output,
+                        finished_at=utcnow(),
+                        event="step-failed",
+                        event_message=f"{step.name}: {message}",
+                    )
                 failures.append((step.name, message, timed_out))
                 log.info("step failed", extra={"error": message})
                 return False
@@ -227,8 +300,13 @@ class TaskController:
             log.warning("clean failed", extra={"error": str(exc)})
             with contextlib.suppress(FencedError):
                 async with self.db.session() as s:
-                    await repository.update_step(s, self.fence, step.name, event="clean-failed",
-                                                 event_message=f"{step.name}: {exc}")
+                    await repository.update_step(
+                        s,
+                        self.fence,
+                        step.name,
+                        event="clean-failed",
+                        event_message=f"{step.name}: {exc}",
+                    )
 
     async def _finish(self, failures: list[tuple[str, str, bool]]) -> None:
         reason = self.stop.reason
@@ -238,12 +316,19 @@ class TaskController:
             await self.hand_back(self.fence, self.stop.message)
             return
         if reason == "cancelled":
-            final, why, message = status.CANCELLED, status.REASON_CANCELLED, self.stop.message or "cancelled"
+            final, why, message = (
+                status.CANCELLED,
+                status.REASON_CANCELLED,
+                self.stop.message or "cancelled",
+            )
         elif reason == "timeout":
             final, why, message = status.FAILED, status.REASON_TIMEOUT, self.stop.message
         elif failures:
             name, error, timed_out = failures[0]
-            final, why = status.FAILED, status.REASON_TIMEOUT if timed_out else status.REASON_STEP_FAILED
+            final, why = (
+                status.FAILED,
+                status.REASON_TIMEOUT if timed_out else status.REASON_STEP_FAILED,
+            )
             message = f"step {name!r} failed: {error}"
         else:
             final, why, message = status.SUCCEEDED, "", ""

@@ -33,8 +33,11 @@ class Claimed:
 
 
 def _owned(fence: Fence) -> Any:
-    return (TaskRow.id == fence.task_id) & (TaskRow.owner_id == fence.owner_id) & (TaskRow.epoch == fence.epoch) & (
-        TaskRow.status == status.RUNNING
+    return (
+        (TaskRow.id == fence.task_id)
+        & (TaskRow.owner_id == fence.owner_id)
+        & (TaskRow.epoch == fence.epoch)
+        & (TaskRow.status == status.RUNNING)
     )
 
 
@@ -45,9 +48,20 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
         await session.execute(
             update(TaskRow)
             .where(TaskRow.id == task_id, TaskRow.status == status.QUEUED)
-            .values(status=status.RUNNING, owner_id=owner_id, epoch=TaskRow.epoch + 1, updated_at=now,
-                    started_at=now)
-            .returning(TaskRow.epoch, TaskRow.attempt, TaskRow.app_id, TaskRow.workflow_name, TaskRow.workflow_spec)
+            .values(
+                status=status.RUNNING,
+                owner_id=owner_id,
+                epoch=TaskRow.epoch + 1,
+                updated_at=now,
+                started_at=now,
+            )
+            .returning(
+                TaskRow.epoch,
+                TaskRow.attempt,
+                TaskRow.app_id,
+                TaskRow.workflow_name,
+                TaskRow.workflow_spec,
+            )
         )
     ).one_or_none()
     if row is None:
@@ -55,13 +69,23 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
         return None
     epoch, attempt, app_id, workflow_name, spec = row
     fence = Fence(task_id, owner_id, epoch, attempt)
-    session.add(TaskEventRow(task_id=task_id, at=now, type="claimed", message=f"epoch {epoch}",
-                             owner_id=owner_id, attempt=attempt))
+    session.add(
+        TaskEventRow(
+            task_id=task_id,
+            at=now,
+            type="claimed",
+            message=f"epoch {epoch}",
+            owner_id=owner_id,
+            attempt=attempt,
+        )
+    )
     steps = {
         name: (st, attempts)
         for name, st, attempts in (
             await session.execute(
-                select(StepRunRow.name, StepRunRow.status, StepRunRow.attempts).where(StepRunRow.task_id == task_id)
+                select(StepRunRow.name, StepRunRow.status, StepRunRow.attempts).where(
+                    StepRunRow.task_id == task_id
+                )
             )
         ).all()
     }
@@ -71,9 +95,13 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
 
 async def task_state(session: AsyncSession, task_id: str) -> tuple[str, str | None, bool] | None:
     """(status, owner_id, cancel_requested) of a task, or None when it does not exist."""
-    row = (await session.execute(
-        select(TaskRow.status, TaskRow.owner_id, TaskRow.cancel_requested).where(TaskRow.id == task_id)
-    )).one_or_none()
+    row = (
+        await session.execute(
+            select(TaskRow.status, TaskRow.owner_id, TaskRow.cancel_requested).where(
+                TaskRow.id == task_id
+            )
+        )
+    ).one_or_none()
     return None if row is None else (row[0], row[1], bool(row[2]))
 
 
@@ -81,45 +109,82 @@ async def cancel_requested(session: AsyncSession, fence: Fence) -> bool:
     """True when someone asked to cancel; raises FencedError when we no longer own the task."""
     flag = await session.scalar(select(TaskRow.cancel_requested).where(_owned(fence)))
     if flag is None:
-        raise FencedError(f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}")
+        raise FencedError(
+            f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}"
+        )
     return bool(flag)
 
 
-async def update_step(session: AsyncSession, fence: Fence, name: str, *, event: str | None = None,
-                      event_message: str = "", **values: Any) -> None:
+async def update_step(
+    session: AsyncSession,
+    fence: Fence,
+    name: str,
+    *,
+    event: str | None = None,
+    event_message: str = "",
+    **values: Any,
+) -> None:
     """Set step columns, fenced; optionally append a task event in the same transaction."""
     now = utcnow()
     result = await session.execute(
         update(StepRunRow)
-        .where(StepRunRow.task_id == fence.task_id, StepRunRow.name == name, exists().where(_owned(fence)))
+        .where(
+            StepRunRow.task_id == fence.task_id,
+            StepRunRow.name == name,
+            exists().where(_owned(fence)),
+        )
         .values(**values)
     )
     if result.rowcount != 1:
         await session.rollback()
-        raise FencedError(f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}")
+        raise FencedError(
+            f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}"
+        )
     await session.execute(update(TaskRow).where(_owned(fence)).values(updated_at=now))
     if event:
-        session.add(TaskEventRow(task_id=fence.task_id, at=now, type=event, message=event_message,
-                                 owner_id=fence.owner_id, attempt=fence.attempt))
+        session.add(
+            TaskEventRow(
+                task_id=fence.task_id,
+                at=now,
+                type=event,
+                message=event_message,
+                owner_id=fence.owner_id,
+                attempt=fence.attempt,
+            )
+        )
     await session.commit()
 
 
-async def finish_task(session: AsyncSession, fence: Fence, final: str, reason: str, message: str) -> None:
+async def finish_task(
+    session: AsyncSession, fence: Fence, final: str, reason: str, message: str
+) -> None:
     """RUNNING -> SUCCEEDED/FAILED/CANCELLED, fenced; steps still PENDING become SKIPPED."""
     now = utcnow()
     result = await session.execute(
-        update(TaskRow).where(_owned(fence))
+        update(TaskRow)
+        .where(_owned(fence))
         .values(status=final, reason=reason, message=message, finished_at=now, updated_at=now)
     )
     if result.rowcount != 1:
         await session.rollback()
-        raise FencedError(f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}")
+        raise FencedError(
+            f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}"
+        )
     await session.execute(
-        update(StepRunRow).where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.PENDING)
+        update(StepRunRow)
+        .where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.PENDING)
         .values(status=status.SKIPPED, message=f"task {final.lower()}")
     )
-    session.add(TaskEventRow(task_id=fence.task_id, at=now, type=final.lower(), message=message or reason,
-                             owner_id=fence.owner_id, attempt=fence.attempt))
+    session.add(
+        TaskEventRow(
+            task_id=fence.task_id,
+            at=now,
+            type=final.lower(),
+            message=message or reason,
+            owner_id=fence.owner_id,
+            attempt=fence.attempt,
+        )
+    )
     await session.commit()
 
 
@@ -127,33 +192,55 @@ async def release(session: AsyncSession, fence: Fence, why: str) -> bool:
     """Hand a task back: RUNNING -> QUEUED with epoch + 1, so another executor takes it at once."""
     now = utcnow()
     result = await session.execute(
-        update(TaskRow).where(_owned(fence))
-        .values(status=status.QUEUED, owner_id=None, epoch=TaskRow.epoch + 1, enqueued_at=now, updated_at=now)
+        update(TaskRow)
+        .where(_owned(fence))
+        .values(
+            status=status.QUEUED,
+            owner_id=None,
+            epoch=TaskRow.epoch + 1,
+            enqueued_at=now,
+            updated_at=now,
+        )
     )
     if result.rowcount != 1:
         await session.rollback()
         return False
     await session.execute(
-        update(StepRunRow).where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.RUNNING)
+        update(StepRunRow)
+        .where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.RUNNING)
         .values(status=status.PENDING, message=f"released: {why}")
     )
-    session.add(TaskEventRow(task_id=fence.task_id, at=now, type="released", message=why,
-                             owner_id=fence.owner_id, attempt=fence.attempt))
+    session.add(
+        TaskEventRow(
+            task_id=fence.task_id,
+            at=now,
+            type="released",
+            message=why,
+            owner_id=fence.owner_id,
+            attempt=fence.attempt,
+        )
+    )
     await session.commit()
     return True
 
 
-async def renew_lease(session: AsyncSession, instance_id: str, ttl_seconds: float, started_at: datetime) -> datetime:
+async def renew_lease(
+    session: AsyncSession, instance_id: str, ttl_seconds: float, started_at: datetime
+) -> datetime:
     """Upsert this executor's lease row; returns the new expiry."""
     now = utcnow()
     expires = now + timedelta(seconds=ttl_seconds)
     result = await session.execute(
-        update(ExecutorLeaseRow).where(ExecutorLeaseRow.instance_id == instance_id)
+        update(ExecutorLeaseRow)
+        .where(ExecutorLeaseRow.instance_id == instance_id)
         .values(renewed_at=now, expires_at=expires)
     )
     if result.rowcount == 0:
-        session.add(ExecutorLeaseRow(instance_id=instance_id, started_at=started_at, renewed_at=now,
-                                     expires_at=expires))
+        session.add(
+            ExecutorLeaseRow(
+                instance_id=instance_id, started_at=started_at, renewed_at=now, expires_at=expires
+            )
+        )
     await session.commit()
     return expires
 

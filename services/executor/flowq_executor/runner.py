@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 TASKS_CLAIMED = Counter("flowq_executor_tasks_claimed_total", "Tasks this executor claimed.")
 TASKS_RUNNING = Gauge("flowq_executor_tasks_running", "Tasks this executor holds now.")
-TASKS_RELEASED = Counter("flowq_executor_tasks_released_total", "Tasks handed back to the queue.", ["why"])
-HEARTBEAT_FAILURES = Counter("flowq_executor_heartbeat_failures_total", "Lease renewals that failed.")
+TASKS_RELEASED = Counter(
+    "flowq_executor_tasks_released_total", "Tasks handed back to the queue.", ["why"]
+)
+HEARTBEAT_FAILURES = Counter(
+    "flowq_executor_heartbeat_failures_total", "Lease renewals that failed."
+)
 
 HAND_BACK_SECONDS = 30.0
 
@@ -60,7 +64,9 @@ class TaskRunner:
     async def run_task(self, task_id: str) -> Decision:
         """Claim `task_id` and start it in the background; raise when this executor cannot take work."""
         if self.draining:
-            raise UnavailableError(f"executor {self.instance_id} is shutting down; try another executor")
+            raise UnavailableError(
+                f"executor {self.instance_id} is shutting down; try another executor"
+            )
         if task_id in self._slots:
             return Decision(False, "running-here", self.instance_id)
         if len(self._slots) >= self.capacity:
@@ -81,9 +87,16 @@ class TaskRunner:
             if state is None:
                 return Decision(False, "missing")
             task_status, owner, _cancel = state
-            return Decision(False, "terminal" if task_status in status.TERMINAL_TASK_STATUSES else "owned", owner or "")
+            return Decision(
+                False,
+                "terminal" if task_status in status.TERMINAL_TASK_STATUSES else "owned",
+                owner or "",
+            )
         controller = TaskController(
-            self.db, claimed, self.settings.executor_allow_shell, hand_back=self.hand_back,
+            self.db,
+            claimed,
+            self.settings.executor_allow_shell,
+            hand_back=self.hand_back,
             on_done=lambda: self._done(task_id),
         )
         self._slots[task_id] = controller
@@ -114,17 +127,25 @@ class TaskRunner:
                     break
                 except Exception as exc:  # noqa: BLE001 - retried, then left to the recovery sweep
                     if time.monotonic() > deadline:
-                        log.error("could not hand the task back; the recovery sweep will take it after the lease "
-                                  "expires", extra={"error": str(exc)})
+                        log.error(
+                            "could not hand the task back; the recovery sweep will take it after the lease "
+                            "expires",
+                            extra={"error": str(exc)},
+                        )
                         return
                     await asyncio.sleep(backoff.next())
             if not released:
                 return
             TASKS_RELEASED.labels(why="shutdown" if self.draining else "error").inc()
             try:
-                await stream.enqueue(self.redis, self.keys, stream.Envelope.new(fence.task_id, fence.attempt))
+                await stream.enqueue(
+                    self.redis, self.keys, stream.Envelope.new(fence.task_id, fence.attempt)
+                )
             except (RedisError, OSError) as exc:
-                log.warning("released task not enqueued; the sweep will enqueue it", extra={"error": str(exc)})
+                log.warning(
+                    "released task not enqueued; the sweep will enqueue it",
+                    extra={"error": str(exc)},
+                )
             log.info("task handed back", extra={"why": why})
 
     # -- heartbeat and cancel checks ------------------------------------------------------
@@ -135,8 +156,9 @@ class TaskRunner:
         while True:
             try:
                 async with self.db.session() as session:
-                    await repository.renew_lease(session, self.instance_id, self.settings.lease_ttl_seconds,
-                                                 self.started_at)
+                    await repository.renew_lease(
+                        session, self.instance_id, self.settings.lease_ttl_seconds, self.started_at
+                    )
                 self.last_heartbeat = time.monotonic()
                 return
             except Exception as exc:  # noqa: BLE001 - database not reachable yet
@@ -149,8 +171,9 @@ class TaskRunner:
         while True:
             try:
                 async with self.db.session() as session:
-                    await repository.renew_lease(session, self.instance_id, self.settings.lease_ttl_seconds,
-                                                 self.started_at)
+                    await repository.renew_lease(
+                        session, self.instance_id, self.settings.lease_ttl_seconds, self.started_at
+                    )
                 self.last_heartbeat = time.monotonic()
                 await self._check_cancels()
                 backoff.reset()
@@ -159,7 +182,10 @@ class TaskRunner:
                 raise
             except Exception as exc:  # noqa: BLE001 - a database blip; retry soon
                 HEARTBEAT_FAILURES.inc()
-                log.warning("lease renewal failed", extra={"error": str(exc), "failures": backoff.failures + 1})
+                log.warning(
+                    "lease renewal failed",
+                    extra={"error": str(exc), "failures": backoff.failures + 1},
+                )
                 await asyncio.sleep(backoff.next())
 
     async def _check_cancels(self) -> None:
@@ -182,7 +208,10 @@ class TaskRunner:
         """Refuse new tasks, let running ones finish within the grace, hand back the rest."""
         self.draining = True
         if self._tasks:
-            log.info("waiting for running tasks", extra={"tasks": len(self._tasks), "grace_seconds": grace_seconds})
+            log.info(
+                "waiting for running tasks",
+                extra={"tasks": len(self._tasks), "grace_seconds": grace_seconds},
+            )
             await asyncio.wait(list(self._tasks.values()), timeout=max(0.0, grace_seconds - 2))
         for controller in list(self._slots.values()):
             if controller is not None:

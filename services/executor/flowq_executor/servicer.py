@@ -13,14 +13,25 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     def __init__(self, runner: TaskRunner) -> None:
         self.runner = runner
 
-    async def RunTask(self, request: pb.RunTaskRequest, context: grpc.aio.ServicerContext) -> pb.RunTaskResponse:
+    async def RunTask(
+        self, request: pb.RunTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunTaskResponse:
         decision = await self.runner.run_task(request.task_id)
-        return pb.RunTaskResponse(accepted=decision.accepted, reason=decision.reason,
-                                  owner_id=decision.owner_id, epoch=decision.epoch)
+        return pb.RunTaskResponse(
+            accepted=decision.accepted,
+            reason=decision.reason,
+            owner_id=decision.owner_id,
+            epoch=decision.epoch,
+        )
 
     async def GetExecutorStatus(
         self, request: pb.GetExecutorStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecutorStatus:
         running = self.runner.running()
-        return pb.ExecutorStatus(instance_id=self.runner.instance_id, running_tasks=len(running),
-                                 capacity=self.runner.capacity, draining=self.runner.draining, task_ids=running)
+        return pb.ExecutorStatus(
+            instance_id=self.runner.instance_id,
+            running_tasks=len(running),
+            capacity=self.runner.capacity,
+            draining=self.runner.draining,
+            task_ids=running,
+        )

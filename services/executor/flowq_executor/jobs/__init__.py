@@ -14,7 +14,9 @@ RUNNERS: dict[str, Callable[[StepContext], Job]] = {"shell": ShellJob, "sleep": 
 def make_job(step_type: str, ctx: StepContext) -> Job:
     runner = RUNNERS.get(step_type)
     if runner is None:
-        raise StepFailedError(f"this executor cannot run {step_type!r} steps; upgrade it or change the workflow")
+        raise StepFailedError(
+            f"this executor cannot run {step_type!r} steps; upgrade it or change the workflow"
+        )
     return runner(ctx)
 
 

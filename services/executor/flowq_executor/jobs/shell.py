@@ -38,7 +38,9 @@ class ShellJob:
 
     async def run(self) -> str:
         if not self.ctx.allow_shell:
-            raise StepFailedError("shell steps are disabled on this executor (set FLOWQ_EXECUTOR_ALLOW_SHELL=true)")
+            raise StepFailedError(
+                "shell steps are disabled on this executor (set FLOWQ_EXECUTOR_ALLOW_SHELL=true)"
+            )
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(),
@@ -50,7 +52,9 @@ class ShellJob:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise StepFailedError(f"cannot start {self._argv()[0]!r}: {exc.strerror or exc}") from None
+            raise StepFailedError(
+                f"cannot start {self._argv()[0]!r}: {exc.strerror or exc}"
+            ) from None
         try:
             assert proc.stdout is not None
             while chunk := await proc.stdout.read(4096):

@@ -66,7 +66,9 @@ def upgrade() -> None:
         sa.Column("output", sa.Text(), nullable=False),
         sa.Column("started_at", UTCDateTime(), nullable=True),
         sa.Column("finished_at", UTCDateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name="fk_step_runs_task_id_tasks", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["task_id"], ["tasks.id"], name="fk_step_runs_task_id_tasks", ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("task_id", "name", name="pk_step_runs"),
     )
     op.create_table(
@@ -78,7 +80,9 @@ def upgrade() -> None:
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("owner_id", sa.String(255), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name="fk_task_events_task_id_tasks", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["task_id"], ["tasks.id"], name="fk_task_events_task_id_tasks", ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_task_events"),
     )
     op.create_index("ix_task_events_task_id_id", "task_events", ["task_id", "id"])
