@@ -296,3 +296,37 @@ def test_rest_watch_streams_every_change_until_the_task_ends(stack: Stack) -> No
         if any(s["status"] == "STEP_STATUS_RUNNING" for s in t["steps"])
     ]
     assert sorted(set(running), key=running.index) == ["s0", "s1", "s2"]
+
+
+def test_no_executor_means_no_ack_and_the_task_runs_once_one_starts(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    # Retried every FLOWQ_CLAIM_IDLE_MS (1 s here); enough deliveries that it is not dead-lettered meanwhile.
+    stack = Stack(
+        procs, sqlite_database_url, redis_server_url, key_prefix, extra_env={"FLOWQ_MAX_DELIVERIES": "100"}
+    ).start("dispatcher", "apiserver")
+    ledger = tmp_path / "ledger"
+    workflow = {"steps": [{"name": "count", "type": "shell", "properties": {"command": f"echo ran >> {ledger}"}}]}
+    assert httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/once", json=workflow).status_code == 200
+    task_id = httpx.post(
+        f"{stack.base_url}/api/v1/applications/demo/workflow/exec", json={"workflowName": "once"}
+    ).json()["taskId"]
+
+    # The dispatcher reads the entry, cannot reach an executor, and leaves it pending (no ack).
+    with Client(stack.target(), queue_target=stack.target("dispatcher")) as flowq:
+        deadline = time.monotonic() + 20
+        while flowq.queue_stats().pending < 1:
+            assert time.monotonic() < deadline, "the entry was never delivered"
+            time.sleep(0.1)
+        time.sleep(2.5)  # a few claim rounds (FLOWQ_CLAIM_IDLE_MS=1000): still not acked
+        stats = flowq.queue_stats()
+        assert (stats.pending, stats.dead_letters) == (1, 0)
+        assert flowq.get_task(task_id).status == types_pb2.TASK_STATUS_QUEUED
+
+        stack.start("executor")
+        assert flowq.wait(task_id, timeout=30).status == types_pb2.TASK_STATUS_SUCCEEDED
+        deadline = time.monotonic() + 10
+        while flowq.queue_stats().pending:
+            assert time.monotonic() < deadline, "the entry was not acked after the task ran"
+            time.sleep(0.1)
+    assert ledger.read_text() == "ran\n"  # exactly once
