@@ -215,6 +215,10 @@ def test_bad_input_is_refused_with_a_clear_message_and_nothing_is_stored(stack: 
         with pytest.raises(grpc.RpcError) as err:
             stub.GetTask(pb.GetTaskRequest(task_id="no-such-task"), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        'flowq_grpc_server_handled_total{code="NOT_FOUND",method="/flowq.v1.WorkflowService/GetTask"} 1.0'
+        in (stack.metrics("apiserver"))
+    )
 
     with Client(stack.target()) as flowq:
         assert flowq.list_tasks("demo") == []  # no task was created by any of the above
@@ -303,11 +307,24 @@ def test_no_executor_means_no_ack_and_the_task_runs_once_one_starts(
 ) -> None:
     # Retried every FLOWQ_CLAIM_IDLE_MS (1 s here); enough deliveries that it is not dead-lettered meanwhile.
     stack = Stack(
-        procs, sqlite_database_url, redis_server_url, key_prefix, extra_env={"FLOWQ_MAX_DELIVERIES": "100"}
+        procs,
+        sqlite_database_url,
+        redis_server_url,
+        key_prefix,
+        extra_env={"FLOWQ_MAX_DELIVERIES": "100"},
     ).start("dispatcher", "apiserver")
     ledger = tmp_path / "ledger"
-    workflow = {"steps": [{"name": "count", "type": "shell", "properties": {"command": f"echo ran >> {ledger}"}}]}
-    assert httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/once", json=workflow).status_code == 200
+    workflow = {
+        "steps": [
+            {"name": "count", "type": "shell", "properties": {"command": f"echo ran >> {ledger}"}}
+        ]
+    }
+    assert (
+        httpx.put(
+            f"{stack.base_url}/api/v1/applications/demo/workflows/once", json=workflow
+        ).status_code
+        == 200
+    )
     task_id = httpx.post(
         f"{stack.base_url}/api/v1/applications/demo/workflow/exec", json={"workflowName": "once"}
     ).json()["taskId"]

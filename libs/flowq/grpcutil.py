@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,10 +19,23 @@ import redis.exceptions
 import sqlalchemy.exc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from prometheus_client import Counter, Histogram
 
 from flowq.errors import FlowqError
 
 log = logging.getLogger(__name__)
+
+RPCS_HANDLED = Counter(
+    "flowq_grpc_server_handled_total",
+    "gRPC calls finished by this server, by method and status code.",
+    ["method", "code"],
+)
+RPC_SECONDS = Histogram(
+    "flowq_grpc_server_handling_seconds",
+    "Time to answer a unary gRPC call (streams: until the stream ends).",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -111,8 +125,16 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     )
 
 
+def _observe(method: str, started: float, context: grpc.aio.ServicerContext) -> None:
+    code = context.code() if hasattr(context, "code") else None
+    name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+    RPCS_HANDLED.labels(method=method, code=name).inc()
+    RPC_SECONDS.labels(method=method).observe(time.perf_counter() - started)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps FlowqError to its status, and anything unexpected to INTERNAL without internals."""
+    """Maps FlowqError to its status, and anything unexpected to INTERNAL without internals;
+    counts every call by method and code (flowq_grpc_server_handled_total)."""
 
     async def intercept_service(
         self,
@@ -127,12 +149,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
                 try:
                     return await inner(request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, never leaked
                     await _abort(context, method, exc)
+                finally:
+                    _observe(method, started, context)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
@@ -141,6 +166,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
                 try:
                     async for item in inner_stream(request, context):
                         yield item
@@ -148,6 +174,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 except Exception as exc:  # noqa: BLE001
                     await _abort(context, method, exc)
+                finally:
+                    _observe(method, started, context)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer

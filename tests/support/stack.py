@@ -3,6 +3,7 @@ ports, sharing one database and one Redis key prefix."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ class Stack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     grpc_ports: dict[str, int] = field(default_factory=dict)
     http_port: int = 0
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def env(self, role: str, **overrides: str) -> dict[str, str]:
@@ -36,7 +38,7 @@ class Stack:
             "FLOWQ_KEY_PREFIX": self.key_prefix,
             "FLOWQ_GRPC_PORT": str(self.grpc_ports[role]),
             "FLOWQ_HTTP_PORT": str(self.http_port),
-            "FLOWQ_METRICS_PORT": str(free_port()),
+            "FLOWQ_METRICS_PORT": str(self.metrics_ports[role]),
             "FLOWQ_INSTANCE_ID": f"{role}-{self.grpc_ports[role]}",
             "FLOWQ_EXECUTOR_TARGET": f"127.0.0.1:{self.grpc_ports['executor']}",
             "FLOWQ_EXECUTOR_ALLOW_SHELL": "true",
@@ -52,6 +54,7 @@ class Stack:
         upgrade(self.database_url)
         if not self.grpc_ports:
             self.grpc_ports = {role: free_port() for role in HEALTH_NAMES}
+            self.metrics_ports = {role: free_port() for role in HEALTH_NAMES}
             self.http_port = free_port()
         for role in roles or ("executor", "dispatcher", "apiserver"):
             self.processes[role] = self.procs.start_service(role, self.env(role), name=role)
@@ -61,6 +64,12 @@ class Stack:
 
     def target(self, role: str = "apiserver") -> str:
         return f"127.0.0.1:{self.grpc_ports[role]}"
+
+    def metrics(self, role: str) -> str:
+        """The Prometheus text of one service (the apiserver serves it on its HTTP port)."""
+        port = self.http_port if role == "apiserver" else self.metrics_ports[role]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            return reply.read().decode()
 
     @property
     def base_url(self) -> str:

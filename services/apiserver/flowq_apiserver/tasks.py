@@ -26,7 +26,9 @@ from flowq_apiserver.validation import check_name
 
 log = logging.getLogger(__name__)
 
-WATCH_POLL_SECONDS = 0.5
+# WatchTask re-reads the task quickly after a change and slows down while nothing changes.
+WATCH_POLL_MIN_SECONDS = 0.05
+WATCH_POLL_MAX_SECONDS = 0.5
 
 
 async def exec_workflow(
@@ -259,16 +261,20 @@ async def watch_task(
 ) -> AsyncIterator[types_pb2.Task]:
     """Yield the task now and on every change, until it ends."""
     last: bytes | None = None
+    interval = WATCH_POLL_MIN_SECONDS
     while True:
         async with sessions() as session:
             task = await get_task(session, task_id)
         snapshot = task.SerializeToString(deterministic=True)
         if snapshot != last:
             last = snapshot
+            interval = WATCH_POLL_MIN_SECONDS
             yield task
+        else:
+            interval = min(WATCH_POLL_MAX_SECONDS, interval * 1.5)
         if status.task_status_from_proto(task.status) in status.TERMINAL_TASK_STATUSES:
             return
-        await asyncio.sleep(WATCH_POLL_SECONDS)
+        await asyncio.sleep(interval)
 
 
 async def _load(session: AsyncSession, task_id: str) -> TaskRow:
