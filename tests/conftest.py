@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flowq.localredis import LocalRedis, LocalRedisError, redis_answers_sync
 
+from flowq.localredis import LocalRedis, LocalRedisError, redis_answers_sync
 from tests.support.pg import (
     LocalPostgres,
     LocalPostgresError,

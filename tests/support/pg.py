@@ -30,9 +30,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from flowq.netutil import LOCALHOST, free_port
 from psycopg import sql
 
+from flowq.netutil import LOCALHOST, free_port
 from tests.support import proctree
 
 SUPERUSER = "postgres"

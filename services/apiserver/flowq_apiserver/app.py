@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
 from flowq import stream
 from flowq.config import Settings
 from flowq.db import Database
@@ -14,11 +19,6 @@ from flowq.lifecycle import Service
 from flowq.metrics import metrics_route
 from flowq.rest import build_gateway
 from flowq.v1 import workflow_service_pb2, workflow_service_pb2_grpc
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-from starlette.types import ASGIApp
-
 from flowq_apiserver.servicer import WorkflowServicer
 
 SERVICE = workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"]

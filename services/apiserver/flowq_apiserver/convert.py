@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from google.protobuf import json_format, timestamp_pb2
+
 from flowq import status
 from flowq.db import StepRunRow, TaskEventRow, TaskRow, WorkflowRow
 from flowq.v1 import types_pb2
-from google.protobuf import json_format, timestamp_pb2
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

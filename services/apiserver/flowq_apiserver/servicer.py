@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 import redis.asyncio as aioredis
+from google.protobuf import empty_pb2
+
 from flowq.db import Database
 from flowq.keys import Keys
 from flowq.v1 import types_pb2
 from flowq.v1 import workflow_service_pb2 as pb
 from flowq.v1 import workflow_service_pb2_grpc as pb_grpc
-from google.protobuf import empty_pb2
-
 from flowq_apiserver import tasks, workflows
 
 

@@ -7,6 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from google.protobuf import json_format
+from redis.exceptions import RedisError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from flowq import status
 from flowq.db import StepRunRow, TaskEventRow, TaskRow, WorkflowRow, new_task_id, utcnow
 from flowq.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -14,12 +20,6 @@ from flowq.keys import Keys
 from flowq.steptypes import STEP_TYPES
 from flowq.stream import Envelope, enqueue
 from flowq.v1 import types_pb2
-from google.protobuf import json_format
-from redis.exceptions import RedisError
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from flowq_apiserver import paging
 from flowq_apiserver.convert import task_message
 from flowq_apiserver.validation import check_name

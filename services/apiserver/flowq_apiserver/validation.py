@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
+from google.protobuf import json_format
+
 from flowq.errors import InvalidArgumentError
 from flowq.steptypes import STEP_TYPES
 from flowq.v1 import types_pb2
-from google.protobuf import json_format
 
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$")
 NAME_RULE = "1-128 letters, digits, '.', '_' or '-', starting and ending with a letter or digit"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flowq.db import WorkflowRow, utcnow
-from flowq.errors import InvalidArgumentError, NotFoundError
-from flowq.v1 import types_pb2
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from flowq.db import WorkflowRow, utcnow
+from flowq.errors import InvalidArgumentError, NotFoundError
+from flowq.v1 import types_pb2
 from flowq_apiserver import paging
 from flowq_apiserver.convert import spec_of, workflow_message
 from flowq_apiserver.validation import check_name, check_workflow

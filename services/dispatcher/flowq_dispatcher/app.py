@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 import grpc
+
 from flowq import stream
 from flowq.config import Settings
 from flowq.db import Database
@@ -21,7 +22,6 @@ from flowq.v1 import (
     queue_service_pb2,
     queue_service_pb2_grpc,
 )
-
 from flowq_dispatcher import sweep
 from flowq_dispatcher.consumer import Consumer
 from flowq_dispatcher.handling import ExecutorAnswer

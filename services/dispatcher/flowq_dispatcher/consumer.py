@@ -12,15 +12,15 @@ import logging
 import time
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge, Histogram
+from redis.exceptions import RedisError
+
 from flowq import stream
 from flowq.backoff import Backoff
 from flowq.config import Settings
 from flowq.db import Database
 from flowq.keys import Keys
 from flowq.log import log_context
-from prometheus_client import Counter, Gauge, Histogram
-from redis.exceptions import RedisError
-
 from flowq_dispatcher.handling import Outcome, Result, RunTask, handle
 
 log = logging.getLogger(__name__)

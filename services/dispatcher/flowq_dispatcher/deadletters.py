@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 
 import redis.asyncio as aioredis
+from google.protobuf import timestamp_pb2
+from redis.exceptions import ResponseError
+
 from flowq.errors import InvalidArgumentError
 from flowq.keys import Keys
 from flowq.stream import decode_fields
 from flowq.v1 import queue_service_pb2 as pb
-from google.protobuf import timestamp_pb2
-from redis.exceptions import ResponseError
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -11,11 +11,12 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from flowq import status
 from flowq.db import Database, ExecutorLeaseRow, TaskRow, utcnow
 from flowq.errors import FlowqError
 from flowq.stream import Envelope, EnvelopeError
-from sqlalchemy import select
 
 
 class Outcome(enum.Enum):

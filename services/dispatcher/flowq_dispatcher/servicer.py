@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import redis.asyncio as aioredis
+
 from flowq.keys import Keys
 from flowq.v1 import queue_service_pb2 as pb
 from flowq.v1 import queue_service_pb2_grpc as pb_grpc
-
 from flowq_dispatcher import deadletters
 
 

@@ -14,12 +14,13 @@ import logging
 from datetime import timedelta
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
+from sqlalchemy import and_, or_, select, update
+
 from flowq import status, stream
 from flowq.db import Database, ExecutorLeaseRow, StepRunRow, TaskEventRow, TaskRow, utcnow
 from flowq.keys import Keys
 from flowq.log import log_context
-from prometheus_client import Counter
-from sqlalchemy import and_, or_, select, update
 
 log = logging.getLogger(__name__)
 

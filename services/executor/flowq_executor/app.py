@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
+
 from flowq import stream
 from flowq.config import Settings
 from flowq.db import Database
@@ -12,7 +13,6 @@ from flowq.keys import Keys
 from flowq.lifecycle import Service
 from flowq.supervise import Supervisor
 from flowq.v1 import executor_service_pb2, executor_service_pb2_grpc
-
 from flowq_executor.runner import TaskRunner
 from flowq_executor.servicer import ExecutorServicer
 

@@ -15,14 +15,14 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from google.protobuf import json_format
+
 from flowq import status
 from flowq.db import Database, utcnow
 from flowq.errors import FencedError
 from flowq.log import log_context
 from flowq.steptypes import STEP_TYPES
 from flowq.v1 import types_pb2
-from google.protobuf import json_format
-
 from flowq_executor import repository
 from flowq_executor.jobs import StepContext, StepFailedError, make_job
 from flowq_executor.repository import Claimed

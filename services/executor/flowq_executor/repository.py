@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from flowq import status
 from flowq.db import ExecutorLeaseRow, StepRunRow, TaskEventRow, TaskRow, utcnow
 from flowq.errors import FencedError
-from sqlalchemy import exists, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 
 @dataclass(frozen=True)

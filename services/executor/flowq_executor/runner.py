@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
+
 from flowq import status, stream
 from flowq.backoff import Backoff
 from flowq.config import Settings
@@ -17,9 +20,6 @@ from flowq.db import Database, utcnow
 from flowq.errors import FencedError, ResourceExhaustedError, UnavailableError
 from flowq.keys import Keys
 from flowq.log import log_context
-from prometheus_client import Counter, Gauge
-from redis.exceptions import RedisError
-
 from flowq_executor import repository
 from flowq_executor.controller import TaskController
 

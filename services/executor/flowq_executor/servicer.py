@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+
 from flowq.v1 import executor_service_pb2 as pb
 from flowq.v1 import executor_service_pb2_grpc as pb_grpc
-
 from flowq_executor.runner import TaskRunner
 
 
