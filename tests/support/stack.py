@@ -43,6 +43,7 @@ class Stack:
             "FLOWQ_EXECUTOR_TARGET": f"127.0.0.1:{self.grpc_ports['executor']}",
             "FLOWQ_EXECUTOR_ALLOW_SHELL": "true",
             "FLOWQ_CLAIM_IDLE_MS": "1000",
+            "FLOWQ_BACKOFF_MAX_SECONDS": "2",
             "FLOWQ_SHUTDOWN_GRACE_SECONDS": "5",
             "FLOWQ_LOG_LEVEL": "INFO",
         }

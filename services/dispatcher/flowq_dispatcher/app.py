@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import grpc
+from prometheus_client import Counter, Histogram
 
 from flowq import stream
 from flowq.config import Settings
 from flowq.db import Database
-from flowq.errors import ResourceExhaustedError, UnavailableError
+from flowq.errors import FlowqError, ResourceExhaustedError, UnavailableError
 from flowq.grpcutil import CHANNEL_OPTIONS
 from flowq.keys import Keys
 from flowq.lifecycle import Service
@@ -31,6 +33,19 @@ log = logging.getLogger(__name__)
 
 SERVICE = queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"]
 EXECUTOR_CALL_TIMEOUT_SECONDS = 10.0
+
+EXECUTOR_CALLS = Counter(
+    "flowq_dispatcher_executor_calls_total", "RunTask calls to executors, by status code.", ["code"]
+)
+EXECUTOR_CALL_SECONDS = Histogram(
+    "flowq_dispatcher_executor_call_seconds",
+    "Time an executor took to answer RunTask.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class ExecutorFailedError(FlowqError):
+    """The executor failed on this task (not busy, not unreachable): counts toward dead-lettering."""
 
 
 class Dispatcher(Service):
@@ -62,15 +77,27 @@ class Dispatcher(Service):
         loops.spawn("sweep", self._sweep_loop)
 
     async def _run_task(self, task_id: str, attempt: int) -> ExecutorAnswer:
+        started = time.perf_counter()
         try:
             reply = await self.executor.RunTask(
                 executor_service_pb2.RunTaskRequest(task_id=task_id, attempt=attempt),
                 timeout=EXECUTOR_CALL_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            code = exc.code()
+            EXECUTOR_CALLS.labels(code=code.name).inc()
+            EXECUTOR_CALL_SECONDS.observe(time.perf_counter() - started)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise ResourceExhaustedError(f"executor busy: {exc.details()}") from None
-            raise UnavailableError(f"executor {exc.code().name}: {exc.details()}") from None
+            if code in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.CANCELLED,
+            ):
+                raise UnavailableError(f"executor {code.name}: {exc.details()}") from None
+            raise ExecutorFailedError(f"executor {code.name}: {exc.details()}") from None
+        EXECUTOR_CALLS.labels(code="OK").inc()
+        EXECUTOR_CALL_SECONDS.observe(time.perf_counter() - started)
         return ExecutorAnswer(reply.accepted, reply.reason)
 
     async def _sweep_loop(self) -> None:

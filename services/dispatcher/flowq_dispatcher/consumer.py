@@ -2,7 +2,9 @@
 ack, leave pending (retried after FLOWQ_CLAIM_IDLE_MS), or dead-letter with a reason.
 
 Loops never exit on transient errors: they back off with full jitter and go on, including
-when Redis comes back empty (the group is recreated).
+when Redis comes back empty (the group is recreated). While a dependency (database,
+executors) is down, the consumer pauses with backoff instead of churning deliveries, and
+those failed deliveries do not count toward FLOWQ_MAX_DELIVERIES.
 """
 
 from __future__ import annotations
@@ -21,19 +23,22 @@ from flowq.config import Settings
 from flowq.db import Database
 from flowq.keys import Keys
 from flowq.log import log_context
-from flowq_dispatcher.handling import Outcome, Result, RunTask, handle
+from flowq_dispatcher.handling import Outcome, Result, RunTask, handle_batch
 
 log = logging.getLogger(__name__)
 
 BATCH = 64
 BLOCK_MS = 2000
-MAX_IN_FLIGHT = 64
+MAX_CONCURRENT_CALLS = 32
+DEPENDENCY_PAUSE_MAX_SECONDS = 10.0
 
 MESSAGES = Counter(
     "flowq_dispatcher_messages_total", "Stream entries handled, by outcome.", ["outcome"]
 )
 DEAD_LETTERED = Counter(
-    "flowq_dispatcher_dead_lettered_total", "Entries moved to the dead-letter stream.", ["reason"]
+    "flowq_dispatcher_dead_lettered_total",
+    "Entries moved to the dead-letter stream, by reason.",
+    ["reason"],
 )
 LOOP_ERRORS = Counter(
     "flowq_dispatcher_loop_errors_total", "Read and claim failures (Redis errors).", ["loop"]
@@ -61,11 +66,17 @@ class Consumer:
         self.name = settings.instance_id
         self.stopping = asyncio.Event()
         self.redis_ok = False
-        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._busy = asyncio.Lock()  # one batch settles at a time; reads and claims share it
+        # Short cap: once executors or the database are back, dispatching resumes within seconds.
+        self._dependency_backoff = Backoff(
+            base=0.1, cap=min(settings.backoff_max_seconds, DEPENDENCY_PAUSE_MAX_SECONDS)
+        )
+        self._paused_until = 0.0
 
     async def read_loop(self) -> None:
         backoff = Backoff(base=0.1, cap=self.settings.backoff_max_seconds)
         while not self.stopping.is_set():
+            await self._wait_while_paused()
             try:
                 if not self.redis_ok:
                     await stream.ensure_group(self.redis, self.keys)
@@ -77,7 +88,8 @@ class Consumer:
                 log.info("reading the dispatch stream", extra={"stream": self.keys.dispatch})
             self.redis_ok = True
             backoff.reset()
-            await self._settle_all(entries, dict.fromkeys((e[0] for e in entries), 1))
+            if entries:
+                await self._settle_all(entries, dict.fromkeys((e[0] for e in entries), 1))
 
     async def claim_loop(self) -> None:
         """XAUTOCLAIM entries idle longer than FLOWQ_CLAIM_IDLE_MS, walking the pending list by cursor."""
@@ -85,6 +97,7 @@ class Consumer:
         cursor = "0-0"
         interval = max(0.2, self.settings.claim_idle_ms / 2000)
         while not self.stopping.is_set():
+            await self._wait_while_paused()
             try:
                 cursor, entries = await stream.autoclaim(
                     self.redis, self.keys, self.name, self.settings.claim_idle_ms, cursor, BATCH
@@ -98,12 +111,21 @@ class Consumer:
                 continue
             backoff.reset()
             if entries:
+                log.info("claimed idle entries", extra={"entries": len(entries)})
                 await self._settle_all(entries, counts)
             if cursor == "0-0":
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), interval)
-                except TimeoutError:
-                    pass
+                await self._sleep(interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _wait_while_paused(self) -> None:
+        delay = self._paused_until - time.monotonic()
+        if delay > 0:
+            await self._sleep(delay)
 
     async def _failed(self, loop: str, backoff: Backoff, exc: BaseException) -> None:
         self.redis_ok = False
@@ -119,57 +141,76 @@ class Consumer:
                 "error": str(exc),
             },
         )
-        try:
-            await asyncio.wait_for(self.stopping.wait(), delay)
-        except TimeoutError:
-            pass
+        await self._sleep(delay)
 
     async def _settle_all(self, entries: list[stream.Entry], deliveries: dict[str, int]) -> None:
-        async def one(entry_id: str, fields: dict[str, str]) -> None:
-            async with self._in_flight:
-                await self._settle(entry_id, fields, deliveries.get(entry_id, 1))
-
-        await asyncio.gather(*(one(entry_id, fields) for entry_id, fields in entries))
-
-    async def _settle(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
-        with log_context(entry_id=entry_id, task_id=fields.get("taskId")):
-            if deliveries > self.settings.max_deliveries:
-                await self._dead_letter(
-                    entry_id,
-                    fields,
-                    "max-deliveries",
-                    deliveries,
-                    "delivered more times than FLOWQ_MAX_DELIVERIES without an outcome",
-                )
-                return
-            result = await handle(self.db, fields, self.run_task)
-            try:
-                await self._apply(entry_id, fields, deliveries, result)
-            except (RedisError, OSError) as exc:
-                # Not acked: the entry stays pending and is claimed again later.
+        async with self._busy:
+            fields = dict(entries)
+            live = [
+                (i, f) for i, f in entries if deliveries.get(i, 1) <= self.settings.max_deliveries
+            ]
+            for entry_id, _ in entries:
+                if deliveries.get(entry_id, 1) > self.settings.max_deliveries:
+                    await self._guard(
+                        self._dead_letter(
+                            entry_id,
+                            fields[entry_id],
+                            "max-deliveries",
+                            deliveries[entry_id],
+                            "delivered more times than FLOWQ_MAX_DELIVERIES without an outcome",
+                        )
+                    )
+            results = await handle_batch(self.db, live, self.run_task, MAX_CONCURRENT_CALLS)
+            acked = [i for i, r in results.items() if r.outcome.acks]
+            for result in results.values():
+                MESSAGES.labels(outcome=result.outcome.value).inc()
+            if acked and not await self._guard(stream.ack(self.redis, self.keys, *acked)):
+                return  # not acked: they stay pending and are claimed again later
+            unavailable = False
+            for entry_id, result in results.items():
+                with log_context(entry_id=entry_id, task_id=result.task_id):
+                    unavailable |= result.outcome is Outcome.UNAVAILABLE
+                    await self._guard(
+                        self._after(entry_id, fields[entry_id], deliveries.get(entry_id, 1), result)
+                    )
+            if unavailable:
+                delay = self._dependency_backoff.next()
+                self._paused_until = time.monotonic() + delay
                 log.warning(
-                    "could not settle entry",
-                    extra={"outcome": result.outcome.value, "error": str(exc)},
+                    "a dependency is unavailable; pausing", extra={"pause_seconds": round(delay, 2)}
                 )
+            elif results:
+                self._dependency_backoff.reset()
 
-    async def _apply(
+    async def _guard(self, action: object) -> bool:
+        """Run a Redis write; on failure log it and leave the entry pending (it is claimed again)."""
+        try:
+            await action  # type: ignore[misc]
+            return True
+        except (RedisError, OSError) as exc:
+            log.warning("could not settle entries; they stay pending", extra={"error": str(exc)})
+            return False
+
+    async def _after(
         self, entry_id: str, fields: dict[str, str], deliveries: int, result: Result
     ) -> None:
-        MESSAGES.labels(outcome=result.outcome.value).inc()
-        if result.outcome.acks:
-            await stream.ack(self.redis, self.keys, entry_id)
-            if result.outcome is Outcome.DISPATCHED:
-                LAST_DISPATCH.set(time.time())
-                enqueued = int(fields.get("enqueuedAt", "0")) / 1000
-                if enqueued:
-                    ENQUEUE_TO_ACCEPTED.observe(max(0.0, time.time() - enqueued))
-            else:
-                log.info(
-                    "acked without dispatch",
-                    extra={"outcome": result.outcome.value, "detail": result.detail},
-                )
+        if result.outcome is Outcome.DISPATCHED:
+            LAST_DISPATCH.set(time.time())
+            if result.enqueued_at_ms:
+                ENQUEUE_TO_ACCEPTED.observe(max(0.0, time.time() - result.enqueued_at_ms / 1000))
+        elif result.outcome.acks:
+            log.info(
+                "acked without dispatch",
+                extra={"outcome": result.outcome.value, "detail": result.detail},
+            )
         elif result.outcome is Outcome.DEAD:
             await self._dead_letter(entry_id, fields, "decode-error", deliveries, result.detail)
+        elif result.outcome is Outcome.UNAVAILABLE:
+            # Undo this delivery's count: the entry is not at fault.
+            await stream.set_delivery_count(
+                self.redis, self.keys, self.name, entry_id, max(0, deliveries - 1)
+            )
+            log.info("left pending; a dependency is unavailable", extra={"detail": result.detail})
         elif deliveries >= self.settings.max_deliveries:
             await self._dead_letter(entry_id, fields, "max-deliveries", deliveries, result.detail)
         else:
