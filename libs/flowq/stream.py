@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from flowq.errors import InvalidArgumentError
@@ -23,13 +26,18 @@ Entry = tuple[str, dict[str, str]]
 
 
 def connect(url: str) -> aioredis.Redis:
-    """A Redis client with deadlines on every call (reads block at most a few seconds)."""
+    """A Redis client with deadlines on every call (reads block at most a few seconds).
+
+    A command that meets a dead pooled connection (Redis restarted) is retried at once on a
+    fresh one, twice at most; longer outages are the callers' to handle with their own backoff.
+    """
     return aioredis.Redis.from_url(
         url,
         socket_connect_timeout=3,
         socket_timeout=10,
         health_check_interval=15,
-        retry_on_timeout=False,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        retry_on_error=[RedisConnectionError],
         decode_responses=False,
     )
 

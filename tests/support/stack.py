@@ -7,6 +7,9 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from flowq.db.migrate import upgrade
 from flowq.netutil import free_port
 
@@ -51,8 +54,10 @@ class Stack:
         env.update(overrides)
         return env
 
-    def start(self, *roles: str) -> Stack:
-        upgrade(self.database_url)
+    def start(self, *roles: str, ready: bool = True) -> Stack:
+        """Start `roles` (all three by default); wait for readiness, or only liveness if not `ready`."""
+        if ready:
+            upgrade(self.database_url)
         if not self.grpc_ports:
             self.grpc_ports = {role: free_port() for role in HEALTH_NAMES}
             self.metrics_ports = {role: free_port() for role in HEALTH_NAMES}
@@ -60,11 +65,22 @@ class Stack:
         for role in roles or ("executor", "dispatcher", "apiserver"):
             self.processes[role] = self.procs.start_service(role, self.env(role), name=role)
         for role in roles or ("executor", "dispatcher", "apiserver"):
-            self.processes[role].wait_healthy(self.target(role), HEALTH_NAMES[role], timeout=60)
+            self.processes[role].wait_healthy(
+                self.target(role), HEALTH_NAMES[role] if ready else "", timeout=60
+            )
         return self
 
     def target(self, role: str = "apiserver") -> str:
         return f"127.0.0.1:{self.grpc_ports[role]}"
+
+    def health(self, role: str, service: str | None = None) -> str:
+        """SERVING / NOT_SERVING of `service` (the role's own name by default) on that process."""
+        name = HEALTH_NAMES[role] if service is None else service
+        with grpc.insecure_channel(self.target(role)) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=name), timeout=5
+            )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def metrics(self, role: str) -> str:
         """The Prometheus text of one service (the apiserver serves it on its HTTP port)."""

@@ -1,0 +1,223 @@
+"""The dispatcher under faults, on real processes: it never loses a message, never acks what it
+could not hand over, never exits on a transient error, and dead-letters what cannot run."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from flowq.client import Client
+from flowq.localredis import LocalRedis
+from flowq.netutil import free_port
+from flowq.v1 import types_pb2
+from tests.support.pg import LocalPostgres, create_database
+from tests.support.stack import Stack
+
+SUCCEEDED = types_pb2.TASK_STATUS_SUCCEEDED
+
+
+def eventually(check: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def ledger_workflow(stack: Stack, ledger: Path, name: str = "count") -> None:
+    doc = {
+        "steps": [
+            {
+                "name": "count",
+                "type": "shell",
+                "properties": {"command": f"echo $FLOWQ_TASK_ID >> {ledger}"},
+            }
+        ]
+    }
+    reply = httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/{name}", json=doc)
+    assert reply.status_code == 200, reply.text
+
+
+def client(stack: Stack) -> Client:
+    return Client(stack.target(), queue_target=stack.target("dispatcher"))
+
+
+def test_malformed_entry_is_dead_lettered_at_once_and_dispatching_goes_on(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start()
+    r = redis.Redis.from_url(redis_server_url, decode_responses=True)
+    garbage = r.xadd(f"{key_prefix}:dispatch", {"v": "1", "taskId": "", "attempt": "x"})
+    ledger = tmp_path / "ledger"
+    ledger_workflow(stack, ledger)
+    with client(stack) as flowq:
+        task = flowq.exec_workflow("demo", "count")
+        assert flowq.wait(task.task_id, timeout=30).status == SUCCEEDED
+        letters = eventually(flowq.list_dead_letters, what="a dead letter")
+        assert len(letters) == 1
+        assert letters[0].reason == "decode-error"
+        assert letters[0].original_id == garbage
+        assert letters[0].attempts == 1
+        assert letters[0].fields["attempt"] == "x"  # the raw fields are kept
+        assert flowq.queue_stats().pending == 0
+    assert ledger.read_text().split() == [task.task_id]
+
+
+def test_database_down_leaves_entries_pending_and_they_run_when_it_is_back(
+    procs, redis_server_url, key_prefix, tmp_path
+) -> None:
+    with LocalPostgres() as pg:
+        stack = Stack(procs, create_database(pg.url), redis_server_url, key_prefix).start()
+        ledger = tmp_path / "ledger"
+        ledger_workflow(stack, ledger)
+        assert stack.processes["dispatcher"].terminate() == 0
+        with client(stack) as flowq:
+            task = flowq.exec_workflow("demo", "count")  # in the stream, not yet read
+            pg.kill()
+            stack.start("dispatcher", ready=False)  # alive, not ready: the database is down
+            eventually(lambda: flowq.queue_stats().pending == 1, what="the entry delivered")
+            eventually(
+                lambda: stack.health("dispatcher") == "NOT_SERVING", what="readiness NOT_SERVING"
+            )
+            time.sleep(3)  # several claim rounds with FLOWQ_CLAIM_IDLE_MS=1000
+            stats = flowq.queue_stats()
+            assert (stats.length, stats.pending, stats.dead_letters) == (
+                1,
+                1,
+                0,
+            )  # not acked, not dead
+            assert stack.health("dispatcher", "") == "SERVING"  # liveness: the process goes on
+
+            pg.start()
+            eventually(lambda: stack.health("dispatcher") == "SERVING", what="readiness back")
+            assert flowq.wait(task.task_id, timeout=60).status == SUCCEEDED
+            eventually(lambda: flowq.queue_stats().length == 0, what="the entry acked")
+        assert ledger.read_text().split() == [task.task_id]
+
+
+def test_redis_restarted_empty_while_the_dispatcher_runs(
+    procs, sqlite_database_url, key_prefix, tmp_path
+) -> None:
+    with LocalRedis(tmp_path / "redis") as private_redis:
+        stack = Stack(procs, sqlite_database_url, private_redis.url, key_prefix).start()
+        ledger = tmp_path / "ledger"
+        ledger_workflow(stack, ledger)
+        with client(stack) as flowq:
+            first = flowq.exec_workflow("demo", "count")
+            assert flowq.wait(first.task_id, timeout=30).status == SUCCEEDED
+
+            private_redis.kill()
+            eventually(
+                lambda: stack.health("dispatcher") == "NOT_SERVING", what="readiness NOT_SERVING"
+            )
+            assert stack.health("dispatcher", "") == "SERVING"
+            private_redis.restart()  # same port, no data: no stream, no consumer group
+            eventually(
+                lambda: stack.health("dispatcher") == "SERVING", timeout=30, what="readiness back"
+            )
+
+            second = flowq.exec_workflow("demo", "count")
+            assert flowq.wait(second.task_id, timeout=30).status == SUCCEEDED
+        assert stack.processes["dispatcher"].running()
+        assert ledger.read_text().split() == [first.task_id, second.task_id]
+
+
+def test_entry_that_always_fails_is_dead_lettered_after_max_deliveries_and_replay_runs_it(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start(
+        "executor", "apiserver"
+    )
+    ledger = tmp_path / "ledger"
+    ledger_workflow(stack, ledger)
+    db_path = sqlite_database_url.removeprefix("sqlite:///")
+    with client(stack) as flowq:
+        task = flowq.exec_workflow("demo", "count")
+        with sqlite3.connect(db_path) as db:  # a row no executor can read: RunTask fails on it
+            good_spec = db.execute(
+                "SELECT workflow_spec FROM tasks WHERE id = ?", (task.task_id,)
+            ).fetchone()[0]
+            db.execute("UPDATE tasks SET workflow_spec = '{broken' WHERE id = ?", (task.task_id,))
+        stack.start("dispatcher")
+        letters = eventually(flowq.list_dead_letters, timeout=60, what="a dead letter")
+        assert letters[0].reason == "max-deliveries"
+        assert letters[0].attempts == 5  # FLOWQ_MAX_DELIVERIES, exactly
+        assert letters[0].task_id == task.task_id
+        assert "INTERNAL" in letters[0].last_error
+        assert flowq.queue_stats().length == 0  # moved, not copied
+        assert not ledger.exists()
+
+        with sqlite3.connect(db_path) as db:  # the cause is fixed
+            db.execute("UPDATE tasks SET workflow_spec = ? WHERE id = ?", (good_spec, task.task_id))
+        assert flowq.replay_dead_letters(everything=True) == 1
+        assert flowq.wait(task.task_id, timeout=30).status == SUCCEEDED
+        assert flowq.list_dead_letters() == []
+    assert ledger.read_text().split() == [task.task_id]
+
+
+def test_kill_9_of_one_of_two_dispatchers_loses_nothing_and_runs_each_task_once(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start(
+        "dispatcher", "apiserver"
+    )
+    second_port = free_port()
+    second = procs.start_service(
+        "dispatcher",
+        stack.env(
+            "dispatcher",
+            FLOWQ_GRPC_PORT=str(second_port),
+            FLOWQ_METRICS_PORT=str(free_port()),
+            FLOWQ_INSTANCE_ID="dispatcher-b",
+        ),
+        name="dispatcher-b",
+    )
+    second.wait_healthy(f"127.0.0.1:{second_port}", "flowq.v1.QueueService")
+    ledger = tmp_path / "ledger"
+    ledger_workflow(stack, ledger)
+    with client(stack) as flowq:
+        tasks = [flowq.exec_workflow("demo", "count").task_id for _ in range(8)]
+        eventually(
+            lambda: flowq.queue_stats().pending == 8, what="all entries delivered (no executor yet)"
+        )
+        holders = {c.name: c.pending for c in flowq.queue_stats().consumers if c.pending}
+        victim = max(holders, key=holders.get)
+        if victim == "dispatcher-b":
+            second.kill()  # kill -9 while holding unacked entries
+            survivor = stack.target("dispatcher")
+        else:
+            stack.processes["dispatcher"].kill()
+            survivor = f"127.0.0.1:{second_port}"
+        stack.start("executor")
+        for task_id in tasks:
+            assert flowq.wait(task_id, timeout=60).status == SUCCEEDED
+    with Client(stack.target(), queue_target=survivor) as flowq:
+        eventually(lambda: flowq.queue_stats().length == 0, what="every entry acked")
+    assert sorted(ledger.read_text().split()) == sorted(tasks)  # each ran exactly once
+
+
+@pytest.mark.parametrize("count", [200])
+def test_dispatch_throughput_smoke(
+    procs, sqlite_database_url, redis_server_url, key_prefix, count
+) -> None:
+    """Not a benchmark: many tasks at once all get dispatched and finish (no stall, no loss)."""
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start()
+    doc = {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 0}}]}
+    assert (
+        httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/noop", json=doc).status_code
+        == 200
+    )
+    with client(stack) as flowq:
+        tasks = [flowq.exec_workflow("demo", "noop").task_id for _ in range(count)]
+        for task_id in tasks:
+            assert flowq.wait(task_id, timeout=120).status == SUCCEEDED
+        eventually(lambda: flowq.queue_stats().length == 0, what="every entry acked")
