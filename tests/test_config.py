@@ -21,7 +21,7 @@ def test_defaults_match_the_documented_contract() -> None:
     ) == (50053, 9103)
     assert s.executor_target == "127.0.0.1:50053"
     assert s.executor_allow_shell is False
-    assert (s.max_deliveries, s.claim_idle_ms) == (5, 15000)
+    assert (s.max_deliveries, s.claim_idle_ms, s.max_task_attempts) == (5, 15000, 3)
     assert (s.lease_ttl_seconds, s.heartbeat_seconds) == (6, 2)
     assert (s.sweep_interval_seconds, s.requeue_after_seconds) == (2, 30)
     assert s.shutdown_grace_seconds == 30

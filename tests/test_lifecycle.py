@@ -39,3 +39,18 @@ def test_bad_configuration_names_every_bad_variable_and_exits_2(procs, sqlite_da
     log = process.log_text()
     assert "FLOWQ_MAX_DELIVERIES" in log and "FLOWQ_CLAIM_IDLE_MS" in log
     assert "Traceback" not in log
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(
+    procs, sqlite_database_url, redis_server_url, key_prefix
+):
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start("apiserver")
+    for clash in (
+        {"FLOWQ_GRPC_PORT": str(stack.grpc_ports["apiserver"])},
+        {"FLOWQ_HTTP_PORT": str(stack.http_port)},
+    ):
+        env = stack.env("apiserver", **{"FLOWQ_GRPC_PORT": "0", "FLOWQ_HTTP_PORT": "0", **clash})
+        process = procs.start_service("apiserver", env, name="second-apiserver")
+        assert process.wait_exit(timeout=30) == 2
+        log = process.log_text()
+        assert "is another process using it?" in log and "Traceback" not in log, log

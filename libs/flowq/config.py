@@ -16,7 +16,10 @@ from flowq.errors import ConfigError
 
 # Default gRPC and metrics ports by service role.
 GRPC_PORTS = {"apiserver": 50051, "dispatcher": 50052, "executor": 50053}
-METRICS_PORTS = {"apiserver": 8080, "dispatcher": 9102, "executor": 9103}
+METRICS_PORTS = {
+    "dispatcher": 9102,
+    "executor": 9103,
+}  # the apiserver serves /metrics on FLOWQ_HTTP_PORT
 
 
 def _bool(raw: str) -> bool:
@@ -90,6 +93,7 @@ class Settings:
     executor_allow_shell: bool
     executor_max_tasks: int
     max_deliveries: int
+    max_task_attempts: int
     claim_idle_ms: int
     lease_ttl_seconds: float
     heartbeat_seconds: float
@@ -127,6 +131,7 @@ class Settings:
             "executor_allow_shell": ("FLOWQ_EXECUTOR_ALLOW_SHELL", _bool, "false"),
             "executor_max_tasks": ("FLOWQ_EXECUTOR_MAX_TASKS", _positive_int, "32"),
             "max_deliveries": ("FLOWQ_MAX_DELIVERIES", _positive_int, "5"),
+            "max_task_attempts": ("FLOWQ_MAX_TASK_ATTEMPTS", _positive_int, "3"),
             "claim_idle_ms": ("FLOWQ_CLAIM_IDLE_MS", _positive_int, "15000"),
             "lease_ttl_seconds": ("FLOWQ_LEASE_TTL_SECONDS", _positive_float, "6"),
             "heartbeat_seconds": ("FLOWQ_HEARTBEAT_SECONDS", _positive_float, "2"),

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -142,7 +143,14 @@ class Runner:
             ],
             server,
         )
-        grpc_port = server.add_insecure_port(f"0.0.0.0:{self.settings.grpc_port}")
+        try:
+            grpc_port = server.add_insecure_port(f"0.0.0.0:{self.settings.grpc_port}")
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"cannot listen for gRPC on port {self.settings.grpc_port} ({exc}); is another process using it? "
+                "Stop it or set FLOWQ_GRPC_PORT"
+            ) from None
+        http_socket = _listen(self.service.http_port)
         await self.health.set("", NOT_SERVING)
         await self.health.set(self.service.health_name, NOT_SERVING)
 
@@ -163,11 +171,12 @@ class Runner:
         try:
             await self.service.start(self.loops)
             await server.start()
-            http_task = asyncio.create_task(http.serve(), name="http")
+            http_task = asyncio.create_task(http.serve(sockets=[http_socket]), name="http")
             while not http.started:
                 if http_task.done():
+                    http_task.result()
                     raise ConfigError(
-                        f"cannot serve HTTP on port {self.service.http_port} (is it in use?)"
+                        f"the HTTP server on port {self.service.http_port} did not start"
                     )
                 await asyncio.sleep(0.02)
             await self.health.set("", SERVING)
@@ -203,6 +212,23 @@ class Runner:
         await self.loops.stop()
         await self.service.stop()
         log.info("drain finished", extra={"drain_seconds": round(time.monotonic() - started, 3)})
+
+
+def _listen(port: int) -> socket.socket:
+    """Bind the HTTP port here, so a port in use is a clear error and not a server crash."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("0.0.0.0", port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen for HTTP on port {port} ({exc.strerror}); is another process using it? "
+            "Stop it or change the port (FLOWQ_HTTP_PORT on the apiserver, FLOWQ_METRICS_PORT on the others)"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
 
 
 def main(role: str, factory: Callable[[Settings], Service]) -> None:

@@ -28,6 +28,7 @@ REASON_TIMEOUT = "timeout"
 REASON_CANCELLED = "cancelled"
 REASON_OWNER_LOST = "owner-lost"
 REASON_INVALID = "invalid-workflow"
+REASON_EXECUTOR_ERROR = "executor-error"
 
 
 def task_status_to_proto(name: str) -> int:

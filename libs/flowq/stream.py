@@ -160,10 +160,14 @@ async def autoclaim(
     return next_cursor, [entry for entry in _entries(raw) if entry[1]]
 
 
-async def set_delivery_count(redis: aioredis.Redis, keys: Keys, consumer: str, entry_id: str, count: int) -> None:
+async def set_delivery_count(
+    redis: aioredis.Redis, keys: Keys, consumer: str, entry_id: str, count: int
+) -> None:
     """XCLAIM the entry for `consumer` with its delivery counter set to `count` (and idle 0):
     a delivery that failed because a dependency was down does not count against the entry."""
-    await redis.xclaim(keys.dispatch, keys.group, consumer, 0, [entry_id], retrycount=count, justid=True)
+    await redis.xclaim(
+        keys.dispatch, keys.group, consumer, 0, [entry_id], retrycount=count, justid=True
+    )
 
 
 async def delivery_counts(

@@ -117,6 +117,8 @@ def run_stack(data_dir: Path, console: Console) -> int:
                 FLOWQ_GRPC_PORT=str(child.grpc_port),
                 FLOWQ_METRICS_PORT=str(metrics_ports[child.role]),
             )
+            if "FLOWQ_INSTANCE_ID" in env:  # one id per process: consumers and owners must differ
+                child_env["FLOWQ_INSTANCE_ID"] = f"{env['FLOWQ_INSTANCE_ID']}-{child.role}"
             with open(child.log_path, "ab") as log_file:
                 child.proc = subprocess.Popen(
                     [sys.executable, "-m", f"flowq_{child.role}"],

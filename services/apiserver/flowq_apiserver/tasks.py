@@ -15,7 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flowq import status
 from flowq.db import StepRunRow, TaskEventRow, TaskRow, WorkflowRow, new_task_id, utcnow
-from flowq.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from flowq.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from flowq.keys import Keys
 from flowq.steptypes import STEP_TYPES
 from flowq.stream import Envelope, enqueue
@@ -56,7 +61,7 @@ async def exec_workflow(
     if key is not None:
         existing = await _by_idempotency_key(session, app_id, key)
         if existing is not None:
-            return await get_task(session, existing.id)
+            return await _same_request(session, existing, workflow_name)
     workflow = await session.scalar(
         select(WorkflowRow).where(WorkflowRow.app_id == app_id, WorkflowRow.name == workflow_name)
     )
@@ -127,7 +132,7 @@ async def exec_workflow(
         existing = await _by_idempotency_key(session, app_id, key)  # lost a race on the same key
         if existing is None:
             raise
-        return await get_task(session, existing.id)
+        return await _same_request(session, existing, workflow_name)
     try:
         await enqueue(redis, keys, Envelope.new(task.id, attempt=1))
     except (RedisError, OSError) as exc:
@@ -284,6 +289,19 @@ async def _load(session: AsyncSession, task_id: str) -> TaskRow:
     if row is None:
         raise NotFoundError(f"task {task_id!r} not found")
     return row
+
+
+async def _same_request(
+    session: AsyncSession, existing: TaskRow, workflow_name: str
+) -> types_pb2.Task:
+    """The task an idempotency key already made, if it was made for the same workflow."""
+    if existing.workflow_name != workflow_name:
+        raise AlreadyExistsError(
+            f"idempotency_key {existing.idempotency_key!r} was already used for workflow "
+            f"{existing.workflow_name!r} (task {existing.id}); use a new key for {workflow_name!r}",
+            field="idempotency_key",
+        )
+    return await get_task(session, existing.id)
 
 
 async def _by_idempotency_key(session: AsyncSession, app_id: str, key: str) -> TaskRow | None:

@@ -104,7 +104,11 @@ class Dispatcher(Service):
         while not self.consumer.stopping.is_set():
             try:
                 await sweep.recover_orphans(
-                    self.db, self.redis, self.keys, self.settings.lease_ttl_seconds
+                    self.db,
+                    self.redis,
+                    self.keys,
+                    self.settings.lease_ttl_seconds,
+                    self.settings.max_task_attempts,
                 )
                 await sweep.requeue_stale(
                     self.db, self.redis, self.keys, self.settings.requeue_after_seconds

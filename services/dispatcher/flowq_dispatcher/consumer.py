@@ -23,7 +23,7 @@ from flowq.config import Settings
 from flowq.db import Database
 from flowq.keys import Keys
 from flowq.log import log_context
-from flowq_dispatcher.handling import Outcome, Result, RunTask, handle_batch
+from flowq_dispatcher.handling import Outcome, Result, RunTask, handle_batch, note_still_in_delivery
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,12 @@ class Consumer:
                     await self._guard(
                         self._after(entry_id, fields[entry_id], deliveries.get(entry_id, 1), result)
                     )
+            waiting = [r.task_id for r in results.values() if r.dependency == "executor"]
+            if waiting:
+                try:
+                    await note_still_in_delivery(self.db, waiting)
+                except Exception as exc:  # noqa: BLE001 - only an optimisation of the sweep
+                    log.warning("could not note tasks still in delivery", extra={"error": str(exc)})
             if unavailable:
                 delay = self._dependency_backoff.next()
                 self._paused_until = time.monotonic() + delay

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import redis.asyncio as aioredis
@@ -13,6 +14,7 @@ from flowq.keys import Keys
 from flowq.stream import decode_fields
 from flowq.v1 import queue_service_pb2 as pb
 
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
@@ -79,6 +81,11 @@ async def list_dead_letters(
     if size < 0:
         raise InvalidArgumentError("page_size must not be negative", field="page_size")
     limit = min(size or PAGE_SIZE, MAX_PAGE_SIZE)
+    if token and not STREAM_ID.match(token):
+        raise InvalidArgumentError(
+            "page_token is not valid: pass next_page_token from a previous response",
+            field="page_token",
+        )
     top = f"({token}" if token else "+"
     rows = await redis.xrevrange(keys.dead_letters, max=top, min="-", count=limit + 1)
     items = [_dead_letter(_text(i), decode_fields(f)) for i, f in rows[:limit]]
@@ -95,6 +102,10 @@ async def _select(
         return [(_text(i), decode_fields(f)) for i, f in rows]
     found = []
     for entry_id in ids:
+        if not STREAM_ID.match(entry_id):
+            raise InvalidArgumentError(
+                f"{entry_id!r} is not a dead-letter id (like 1700000000000-0)", field="ids"
+            )
         rows = await redis.xrange(keys.dead_letters, min=entry_id, max=entry_id)
         found.extend((_text(i), decode_fields(f)) for i, f in rows)
     return found

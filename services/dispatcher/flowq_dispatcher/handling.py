@@ -13,7 +13,7 @@ import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from flowq import status
 from flowq.db import Database, ExecutorLeaseRow, TaskRow, utcnow
@@ -44,6 +44,8 @@ class Result:
     detail: str = ""
     task_id: str = ""
     enqueued_at_ms: int = 0
+    #: For UNAVAILABLE: which dependency was down ("database" or "executor").
+    dependency: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,31 @@ async def _dispatch(envelope: Envelope, run_task: RunTask) -> Result:
     try:
         answer = await run_task(envelope.task_id, envelope.attempt)
     except FlowqError as exc:
-        outcome = Outcome.UNAVAILABLE if exc.retryable else Outcome.RETRY
-        return Result(outcome, f"executor: {exc.message}", envelope.task_id)
+        if exc.retryable:
+            return Result(
+                Outcome.UNAVAILABLE,
+                f"executor: {exc.message}",
+                envelope.task_id,
+                dependency="executor",
+            )
+        return Result(Outcome.RETRY, f"executor: {exc.message}", envelope.task_id)
     if answer.accepted:
         return Result(Outcome.DISPATCHED, "", envelope.task_id, envelope.enqueued_at_ms)
     if answer.reason == "missing":
         return Result(Outcome.MISSING, "task not found by the executor", envelope.task_id)
     return Result(Outcome.DUPLICATE, f"not claimed: {answer.reason}", envelope.task_id)
+
+
+async def note_still_in_delivery(db: Database, task_ids: Sequence[str]) -> None:
+    """Tasks whose entry waits, pending, for an executor: the delivery path still holds them,
+    so the requeue sweep must not enqueue them again (it enqueues QUEUED tasks whose
+    `enqueued_at` is older than FLOWQ_REQUEUE_AFTER_SECONDS)."""
+    if not task_ids:
+        return
+    async with db.session() as session:
+        await session.execute(
+            update(TaskRow)
+            .where(TaskRow.id.in_(list(task_ids)), TaskRow.status == status.QUEUED)
+            .values(enqueued_at=utcnow())
+        )
+        await session.commit()

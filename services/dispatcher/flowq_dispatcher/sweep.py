@@ -25,7 +25,6 @@ from flowq.log import log_context
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
-MAX_TASK_ATTEMPTS = 3
 
 RECOVERED = Counter(
     "flowq_tasks_recovered_total", "Tasks recovered by the sweep, by reason.", ["reason"]
@@ -74,7 +73,9 @@ async def requeue_stale(
     return count
 
 
-async def recover_orphans(db: Database, redis: aioredis.Redis, keys: Keys, lease_ttl: float) -> int:
+async def recover_orphans(
+    db: Database, redis: aioredis.Redis, keys: Keys, lease_ttl: float, max_attempts: int
+) -> int:
     """Move RUNNING tasks whose owner's lease expired back to QUEUED, or FAILED after too many tries."""
     now = utcnow()
     async with db.session() as session:
@@ -98,7 +99,7 @@ async def recover_orphans(db: Database, redis: aioredis.Redis, keys: Keys, lease
     count = 0
     for task_id, owner, epoch, attempt in rows:
         with log_context(task_id=task_id):
-            give_up = attempt >= MAX_TASK_ATTEMPTS
+            give_up = attempt >= max_attempts
             why = f"owner {owner} lost its lease"
             async with db.session() as session:
                 fenced = (

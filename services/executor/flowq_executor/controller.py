@@ -67,8 +67,9 @@ class TaskController:
     db: Database
     claimed: Claimed
     allow_shell: bool
-    #: Hands the task back to the queue (RUNNING -> QUEUED, epoch + 1, re-enqueued).
-    hand_back: Callable[[repository.Fence, str], Awaitable[None]]
+    #: Hands the task back to the queue (RUNNING -> QUEUED, epoch + 1, re-enqueued);
+    #: the third argument says it failed here (counts as an attempt).
+    hand_back: Callable[[repository.Fence, str, bool], Awaitable[None]]
     #: Called when the task ended or was handed back; the runner frees the slot.
     on_done: Callable[[], None] = lambda: None
     stop: _Stop = field(default_factory=_Stop)
@@ -100,7 +101,7 @@ class TaskController:
                 log.exception("task run failed; handing the task back")
                 self.request_stop("released", f"executor error: {type(exc).__name__}: {exc}")
                 await self._await_steps()
-                await self.hand_back(self.fence, self.stop.message)
+                await self.hand_back(self.fence, self.stop.message, True)
             finally:
                 self.on_done()
 
@@ -313,7 +314,7 @@ class TaskController:
         if reason == "fenced":
             return  # the task belongs to someone else now
         if reason == "released":
-            await self.hand_back(self.fence, self.stop.message)
+            await self.hand_back(self.fence, self.stop.message, False)
             return
         if reason == "cancelled":
             final, why, message = (

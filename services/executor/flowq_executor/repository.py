@@ -106,14 +106,21 @@ async def task_state(session: AsyncSession, task_id: str) -> tuple[str, str | No
     return None if row is None else (row[0], row[1], bool(row[2]))
 
 
-async def cancel_requested(session: AsyncSession, fence: Fence) -> bool:
-    """True when someone asked to cancel; raises FencedError when we no longer own the task."""
-    flag = await session.scalar(select(TaskRow.cancel_requested).where(_owned(fence)))
-    if flag is None:
-        raise FencedError(
-            f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}"
-        )
-    return bool(flag)
+async def fence_states(session: AsyncSession, fences: list[Fence]) -> dict[str, bool]:
+    """cancel_requested of each task still owned under its fence; a task missing from the
+    answer is no longer ours (the fence moved)."""
+    by_id = {f.task_id: f for f in fences}
+    rows = await session.execute(
+        select(
+            TaskRow.id, TaskRow.owner_id, TaskRow.epoch, TaskRow.status, TaskRow.cancel_requested
+        ).where(TaskRow.id.in_(list(by_id)))
+    )
+    owned = {}
+    for task_id, owner, epoch, task_status, cancel in rows.all():
+        fence = by_id[task_id]
+        if owner == fence.owner_id and epoch == fence.epoch and task_status == status.RUNNING:
+            owned[task_id] = bool(cancel)
+    return owned
 
 
 async def update_step(
@@ -161,11 +168,10 @@ async def finish_task(
 ) -> None:
     """RUNNING -> SUCCEEDED/FAILED/CANCELLED, fenced; steps still PENDING become SKIPPED."""
     now = utcnow()
-    result = await session.execute(
-        update(TaskRow)
-        .where(_owned(fence))
-        .values(status=final, reason=reason, message=message, finished_at=now, updated_at=now)
-    )
+    values = dict(status=final, reason=reason, finished_at=now, updated_at=now)
+    if final != status.CANCELLED:  # a cancelled task keeps the note CancelTask wrote (who, why)
+        values["message"] = message
+    result = await session.execute(update(TaskRow).where(_owned(fence)).values(**values))
     if result.rowcount != 1:
         await session.rollback()
         raise FencedError(
@@ -189,40 +195,66 @@ async def finish_task(
     await session.commit()
 
 
-async def release(session: AsyncSession, fence: Fence, why: str) -> bool:
-    """Hand a task back: RUNNING -> QUEUED with epoch + 1, so another executor takes it at once."""
+async def release(
+    session: AsyncSession,
+    fence: Fence,
+    why: str,
+    *,
+    count_attempt: bool = False,
+    max_attempts: int = 3,
+) -> str | None:
+    """Hand a task back: RUNNING -> QUEUED with epoch + 1, so another executor takes it at once.
+
+    With `count_attempt` (an executor error, not a shutdown) attempt + 1, and FAILED past
+    `max_attempts`. Returns the new status, or None when the fence had moved.
+    """
     now = utcnow()
+    give_up = count_attempt and fence.attempt >= max_attempts
+    if give_up:
+        values = dict(
+            status=status.FAILED,
+            reason=status.REASON_EXECUTOR_ERROR,
+            finished_at=now,
+            message=f"{why}; gave up after {fence.attempt} attempts",
+        )
+    else:
+        values = dict(
+            status=status.QUEUED,
+            owner_id=None,
+            enqueued_at=now,
+            attempt=fence.attempt + (1 if count_attempt else 0),
+        )
     result = await session.execute(
         update(TaskRow)
         .where(_owned(fence))
-        .values(
-            status=status.QUEUED,
-            owner_id=None,
-            epoch=TaskRow.epoch + 1,
-            enqueued_at=now,
-            updated_at=now,
-        )
+        .values(epoch=TaskRow.epoch + 1, updated_at=now, **values)
     )
     if result.rowcount != 1:
         await session.rollback()
-        return False
+        return None
     await session.execute(
         update(StepRunRow)
         .where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.RUNNING)
         .values(status=status.PENDING, message=f"released: {why}")
     )
+    if give_up:
+        await session.execute(
+            update(StepRunRow)
+            .where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.PENDING)
+            .values(status=status.SKIPPED, message="task failed")
+        )
     session.add(
         TaskEventRow(
             task_id=fence.task_id,
             at=now,
-            type="released",
+            type="failed" if give_up else "released",
             message=why,
             owner_id=fence.owner_id,
             attempt=fence.attempt,
         )
     )
     await session.commit()
-    return True
+    return values["status"]
 
 
 async def renew_lease(

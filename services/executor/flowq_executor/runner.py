@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -17,7 +18,7 @@ from flowq import status, stream
 from flowq.backoff import Backoff
 from flowq.config import Settings
 from flowq.db import Database, utcnow
-from flowq.errors import FencedError, ResourceExhaustedError, UnavailableError
+from flowq.errors import ResourceExhaustedError, UnavailableError
 from flowq.keys import Keys
 from flowq.log import log_context
 from flowq_executor import repository
@@ -51,7 +52,10 @@ class TaskRunner:
         self.db = db
         self.redis = redis
         self.keys = keys
-        self.instance_id = settings.instance_id
+        # The owner token: the instance id plus a per-start suffix, so a restarted executor that
+        # keeps its instance id (a pinned FLOWQ_INSTANCE_ID, PID 1 in a container) never renews
+        # the lease of the tasks its previous life held; those are recovered when it expires.
+        self.instance_id = f"{settings.instance_id}-{uuid.uuid4().hex[:6]}"
         self.capacity = settings.executor_max_tasks
         self.draining = False
         self.started_at = utcnow()
@@ -115,15 +119,25 @@ class TaskRunner:
 
     # -- hand back -------------------------------------------------------------------------
 
-    async def hand_back(self, fence: repository.Fence, why: str) -> None:
-        """RUNNING -> QUEUED (epoch + 1) and re-enqueue, retrying a short while on errors."""
+    async def hand_back(self, fence: repository.Fence, why: str, failure: bool = False) -> None:
+        """RUNNING -> QUEUED (epoch + 1) and re-enqueue, retrying a short while on errors.
+
+        A hand-back after an executor error (`failure`) counts as an attempt: past
+        FLOWQ_MAX_TASK_ATTEMPTS the task is FAILED instead of looping through executors forever.
+        """
         backoff = Backoff(base=0.2, cap=5.0)
         deadline = time.monotonic() + HAND_BACK_SECONDS
         with log_context(task_id=fence.task_id):
             while True:
                 try:
                     async with self.db.session() as session:
-                        released = await repository.release(session, fence, why)
+                        released = await repository.release(
+                            session,
+                            fence,
+                            why,
+                            count_attempt=failure,
+                            max_attempts=self.settings.max_task_attempts,
+                        )
                     break
                 except Exception as exc:  # noqa: BLE001 - retried, then left to the recovery sweep
                     if time.monotonic() > deadline:
@@ -134,7 +148,7 @@ class TaskRunner:
                         )
                         return
                     await asyncio.sleep(backoff.next())
-            if not released:
+            if released is None:
                 return
             TASKS_RELEASED.labels(why="shutdown" if self.draining else "error").inc()
             try:
@@ -189,16 +203,19 @@ class TaskRunner:
                 await asyncio.sleep(backoff.next())
 
     async def _check_cancels(self) -> None:
-        for task_id, controller in list(self._slots.items()):
-            if controller is None or controller.stop.reason:
-                continue
-            try:
-                async with self.db.session() as session:
-                    wanted = await repository.cancel_requested(session, controller.fence)
-            except FencedError:
+        """One query for every task held: stop those whose cancel was requested or whose fence moved."""
+        held = {
+            c.fence.task_id: c for c in self._slots.values() if c is not None and not c.stop.reason
+        }
+        if not held:
+            return
+        async with self.db.session() as session:
+            states = await repository.fence_states(session, [c.fence for c in held.values()])
+        for task_id, controller in held.items():
+            state = states.get(task_id)
+            if state is None:
                 controller.request_stop("fenced")
-                continue
-            if wanted:
+            elif state:
                 log.info("cancel requested", extra={"task_id": task_id})
                 controller.request_stop("cancelled", "cancelled on request")
 

@@ -25,7 +25,8 @@ class ShellJob:
         return ["sh", "-c", command] if isinstance(command, str) else [str(c) for c in command]
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The executor's own settings (database and Redis URLs with their passwords) stay out.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWQ_")}
         env.update({str(k): str(v) for k, v in (self.ctx.properties.get("env") or {}).items()})
         env.update(
             FLOWQ_TASK_ID=self.ctx.task_id,
