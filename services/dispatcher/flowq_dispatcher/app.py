@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 import grpc
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from flowq import stream
 from flowq.config import Settings
@@ -24,7 +24,7 @@ from flowq.v1 import (
     queue_service_pb2,
     queue_service_pb2_grpc,
 )
-from flowq_dispatcher import sweep
+from flowq_dispatcher import deadletters, sweep
 from flowq_dispatcher.consumer import Consumer
 from flowq_dispatcher.handling import ExecutorAnswer
 from flowq_dispatcher.servicer import QueueServicer
@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 
 SERVICE = queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"]
 EXECUTOR_CALL_TIMEOUT_SECONDS = 10.0
+GAUGES_INTERVAL_SECONDS = 5.0
+
+STREAM_LENGTH = Gauge(
+    "flowq_dispatch_stream_length", "Entries in the dispatch stream (waiting or pending)."
+)
+BACKLOG = Gauge(
+    "flowq_dispatch_backlog", "Entries never delivered to a dispatcher (consumer-group lag)."
+)
+PENDING = Gauge("flowq_dispatch_pending", "Entries delivered and not yet acknowledged.")
+OLDEST_PENDING = Gauge(
+    "flowq_dispatch_oldest_pending_age_seconds", "Age of the oldest unacknowledged entry."
+)
+DEAD_LETTERS = Gauge("flowq_dispatch_dead_letters", "Entries in the dead-letter stream.")
 
 EXECUTOR_CALLS = Counter(
     "flowq_dispatcher_executor_calls_total", "RunTask calls to executors, by status code.", ["code"]
@@ -75,6 +88,7 @@ class Dispatcher(Service):
         loops.spawn("read", self.consumer.read_loop)
         loops.spawn("claim", self.consumer.claim_loop)
         loops.spawn("sweep", self._sweep_loop)
+        loops.spawn("queue-gauges", self._gauges_loop)
 
     async def _run_task(self, task_id: str, attempt: int) -> ExecutorAnswer:
         started = time.perf_counter()
@@ -119,6 +133,23 @@ class Dispatcher(Service):
                 await asyncio.wait_for(
                     self.consumer.stopping.wait(), self.settings.sweep_interval_seconds
                 )
+            except TimeoutError:
+                pass
+
+    async def _gauges_loop(self) -> None:
+        """Backlog, pending, oldest pending age and dead letters as gauges, every few seconds."""
+        while not self.consumer.stopping.is_set():
+            try:
+                stats = await deadletters.queue_stats(self.redis, self.keys)
+                BACKLOG.set(stats.lag)
+                PENDING.set(stats.pending)
+                OLDEST_PENDING.set(stats.oldest_pending_age_ms / 1000)
+                DEAD_LETTERS.set(stats.dead_letters)
+                STREAM_LENGTH.set(stats.length)
+            except Exception as exc:  # noqa: BLE001 - Redis down: the read loop reports it
+                log.debug("queue gauges not updated", extra={"error": str(exc)})
+            try:
+                await asyncio.wait_for(self.consumer.stopping.wait(), GAUGES_INTERVAL_SECONDS)
             except TimeoutError:
                 pass
 
