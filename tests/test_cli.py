@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,30 @@ def test_failed_task_makes_exec_wait_exit_non_zero(stack: Stack, tmp_path: Path)
     run = flowq(stack, "exec", "demo", "fail", "--wait", check=False)
     assert run.returncode == 1
     assert "FAILED" in run.stdout and "exit code 4" in run.stdout
+
+
+def test_dead_letter_administration_from_the_cli(
+    stack: Stack, redis_server_url: str, key_prefix: str
+) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_server_url)
+    for _ in range(2):
+        r.xadd(
+            f"{key_prefix}:dispatch", {"v": "9", "taskId": "t"}
+        )  # an envelope version nobody speaks
+    deadline = time.monotonic() + 20
+    while (listed := flowq(stack, "dlq", "list")).stdout.count("decode-error") < 2:
+        assert time.monotonic() < deadline, listed.stdout
+        time.sleep(0.2)
+    ids = [line.split()[0] for line in listed.stdout.splitlines() if "decode-error" in line]
+    stats = flowq(stack, "queue", "stats").stdout
+    assert any(line.split() == ["dead_letters", str(len(ids))] for line in stats.splitlines()), (
+        stats
+    )
+    purged = flowq(stack, "dlq", "purge", ids[0], "--yes")
+    assert "purged 1" in purged.stdout
+    refused = flowq(stack, "dlq", "purge", "--all", check=False)  # asks; no input means no
+    assert refused.returncode != 0
+    assert "purged 1" in flowq(stack, "dlq", "purge", "--all", "--yes").stdout  # the one left
+    assert "decode-error" not in flowq(stack, "dlq", "list").stdout

@@ -69,8 +69,12 @@ def test_malformed_entry_is_dead_lettered_at_once_and_dispatching_goes_on(
         assert letters[0].attempts == 1
         assert letters[0].fields["attempt"] == "x"  # the raw fields are kept
         assert flowq.queue_stats().pending == 0
-    eventually(lambda: "flowq_dispatch_dead_letters 1.0" in stack.metrics("dispatcher"), what="the gauge")
-    assert 'flowq_dispatcher_dead_lettered_total{reason="decode-error"} 1.0' in stack.metrics("dispatcher")
+    eventually(
+        lambda: "flowq_dispatch_dead_letters 1.0" in stack.metrics("dispatcher"), what="the gauge"
+    )
+    assert 'flowq_dispatcher_dead_lettered_total{reason="decode-error"} 1.0' in stack.metrics(
+        "dispatcher"
+    )
     assert ledger.read_text().split() == [task.task_id]
 
 
