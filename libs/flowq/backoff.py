@@ -16,7 +16,7 @@ class Backoff:
     def next(self) -> float:
         ceiling = min(self.cap, self.base * (2 ** min(self.failures, 32)))
         self.failures += 1
-        return random.uniform(self.base / 2, max(ceiling, self.base / 2))
+        return random.uniform(0, ceiling)
 
     def reset(self) -> None:
         self.failures = 0

@@ -39,6 +39,7 @@ from flowq.supervise import Supervisor
 log = logging.getLogger(__name__)
 
 READINESS_INTERVAL_SECONDS = 2.0
+NOT_READY_INTERVAL_SECONDS = 0.25  # check often while not ready, so readiness comes back fast
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -125,7 +126,7 @@ class Runner:
                     )
                 self._ready = ready
                 await self.health.set(self.service.health_name, SERVING if ready else NOT_SERVING)
-            await asyncio.sleep(READINESS_INTERVAL_SECONDS)
+            await asyncio.sleep(READINESS_INTERVAL_SECONDS if ready else NOT_READY_INTERVAL_SECONDS)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -243,12 +243,17 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, help="at most this many (up to 500)")
+@output_option
 @queue_option
-def dlq_list(limit: int, queue_server: str) -> None:
+def dlq_list(limit: int, output: str, queue_server: str) -> None:
     """Dead letters, newest first, with reason and attempts."""
     with Client(queue_target=queue_server) as flowq:
-        render.show_dead_letters(console, flowq.list_dead_letters(limit))
+        letters = flowq.list_dead_letters(limit)
+    if output == "json":
+        click.echo("[" + ",\n".join(render.as_json(d) for d in letters) + "]")
+    else:
+        render.show_dead_letters(console, letters)
 
 
 @dlq.command("replay")

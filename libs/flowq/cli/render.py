@@ -119,7 +119,7 @@ def show_queue_stats(console: Console, stats: queue_service_pb2.QueueStats) -> N
 def show_dead_letters(console: Console, letters: list[queue_service_pb2.DeadLetter]) -> None:
     table = Table(box=None, pad_edge=False)
     for col in ("ID", "TASK", "REASON", "ATTEMPTS", "TIME", "LAST ERROR"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("ID", "TASK"))
     for d in letters:
         table.add_row(d.id, d.task_id, d.reason, str(d.attempts), when(d.time), d.last_error)
     console.print(table)

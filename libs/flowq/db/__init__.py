@@ -1,6 +1,6 @@
 """SQL: the source of truth for workflows, tasks, step runs, task events and executor leases."""
 
-from flowq.db.engine import Database, async_url, sync_url
+from flowq.db.engine import Database, async_url, sync_url, update
 from flowq.db.models import (
     Base,
     ExecutorLeaseRow,
@@ -23,5 +23,6 @@ __all__ = [
     "async_url",
     "new_task_id",
     "sync_url",
+    "update",
     "utcnow",
 ]

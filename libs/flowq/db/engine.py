@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -13,6 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 # SQLite lets writers wait this long for a lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 15000
 CONNECT_TIMEOUT_SECONDS = 5
+
+
+def update(entity: Any) -> sqlalchemy.Update:
+    """UPDATE for compare-and-set writes, without the ORM re-evaluating the WHERE clause in
+    Python against loaded objects (a large cost on the hot path; callers re-read what they need)."""
+    return sqlalchemy.update(entity).execution_options(synchronize_session=False)
 
 
 def _driver(url: str, sqlite_driver: str) -> str:
@@ -70,7 +77,7 @@ class Database:
         else:
             kwargs.update(
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=pool_size // 2,
                 pool_timeout=10,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
             )

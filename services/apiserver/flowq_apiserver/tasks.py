@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flowq import status
-from flowq.db import StepRunRow, TaskEventRow, TaskRow, WorkflowRow, new_task_id, utcnow
+from flowq.db import StepRunRow, TaskEventRow, TaskRow, WorkflowRow, new_task_id, update, utcnow
 from flowq.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -97,33 +97,33 @@ async def exec_workflow(
         enqueued_at=now,
         updated_at=now,
     )
-    session.add(task)
-    await session.flush()
-    session.add_all(
-        [
-            StepRunRow(
-                task_id=task.id,
-                name=s.name,
-                position=i,
-                type=s.type,
-                status=status.PENDING,
-                attempts=0,
-                message="",
-                output="",
-            )
-            for i, s in enumerate(definition.steps)
-        ]
-        + [
-            TaskEventRow(
-                task_id=task.id,
-                at=now,
-                type="created",
-                message=f"workflow version {workflow.version}",
-                attempt=1,
-            )
-        ]
-    )
     try:
+        session.add(task)
+        await session.flush()  # the task row first: steps and events refer to it
+        session.add_all(
+            [
+                StepRunRow(
+                    task_id=task.id,
+                    name=s.name,
+                    position=i,
+                    type=s.type,
+                    status=status.PENDING,
+                    attempts=0,
+                    message="",
+                    output="",
+                )
+                for i, s in enumerate(definition.steps)
+            ]
+            + [
+                TaskEventRow(
+                    task_id=task.id,
+                    at=now,
+                    type="created",
+                    message=f"workflow version {workflow.version}",
+                    attempt=1,
+                )
+            ]
+        )
         await session.commit()
     except IntegrityError:
         await session.rollback()
@@ -189,11 +189,14 @@ async def cancel_task(
         )
         await session.commit()
         return await get_task(session, task_id)
-    await session.execute(
+    flagged = await session.execute(
         update(TaskRow)
         .where(TaskRow.id == task_id, TaskRow.status == status.RUNNING)
         .values(cancel_requested=True, message=note, updated_at=now)
     )
+    if flagged.rowcount != 1:  # it ended (or was handed back) since we read it: look again
+        await session.rollback()
+        return await cancel_task(session, redis, keys, app_id, task_id, reason, user)
     session.add(
         TaskEventRow(
             task_id=task_id, at=now, type="cancel-requested", message=note, attempt=row.attempt

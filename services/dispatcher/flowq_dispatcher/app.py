@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 SERVICE = queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"]
 EXECUTOR_CALL_TIMEOUT_SECONDS = 10.0
 GAUGES_INTERVAL_SECONDS = 5.0
+HOUSEKEEPING_INTERVAL_SECONDS = 60.0
+DEPARTED_AFTER_SECONDS = 3600.0  # expired leases and idle consumers older than this are removed
 
 STREAM_LENGTH = Gauge(
     "flowq_dispatch_stream_length", "Entries in the dispatch stream (waiting or pending)."
@@ -75,7 +77,7 @@ class Dispatcher(Service):
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         queue_service_pb2_grpc.add_QueueServiceServicer_to_server(
-            QueueServicer(self.redis, self.keys), server
+            QueueServicer(self.redis, self.keys, self.db), server
         )
         return [SERVICE.full_name]
 
@@ -115,8 +117,12 @@ class Dispatcher(Service):
         return ExecutorAnswer(reply.accepted, reply.reason)
 
     async def _sweep_loop(self) -> None:
+        last_housekeeping = 0.0
         while not self.consumer.stopping.is_set():
             try:
+                if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL_SECONDS:
+                    await sweep.housekeeping(self.db, self.redis, self.keys, DEPARTED_AFTER_SECONDS)
+                    last_housekeeping = time.monotonic()
                 await sweep.recover_orphans(
                     self.db,
                     self.redis,

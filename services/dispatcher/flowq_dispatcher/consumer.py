@@ -23,7 +23,14 @@ from flowq.config import Settings
 from flowq.db import Database
 from flowq.keys import Keys
 from flowq.log import log_context
-from flowq_dispatcher.handling import Outcome, Result, RunTask, handle_batch, note_still_in_delivery
+from flowq_dispatcher.handling import (
+    Outcome,
+    Result,
+    RunTask,
+    handle_batch,
+    note_still_in_delivery,
+    park,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,3 +246,9 @@ class Consumer:
         )
         DEAD_LETTERED.labels(reason=reason).inc()
         log.warning("dead-lettered", extra={"reason": reason, "attempts": attempts, "error": error})
+        task_id = fields.get("taskId", "")
+        if reason == "max-deliveries" and task_id:
+            try:
+                await park(self.db, [task_id])
+            except Exception as exc:  # noqa: BLE001 - then the sweep may enqueue it again later
+                log.warning("could not park the dead-lettered task", extra={"error": str(exc)})

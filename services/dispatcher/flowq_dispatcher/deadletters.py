@@ -9,10 +9,12 @@ import redis.asyncio as aioredis
 from google.protobuf import timestamp_pb2
 from redis.exceptions import ResponseError
 
+from flowq.db import Database
 from flowq.errors import InvalidArgumentError
 from flowq.keys import Keys
 from flowq.stream import decode_fields
 from flowq.v1 import queue_service_pb2 as pb
+from flowq_dispatcher.handling import unpark
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 PAGE_SIZE = 50
@@ -111,10 +113,12 @@ async def _select(
     return found
 
 
-async def replay(redis: aioredis.Redis, keys: Keys, ids: list[str], everything: bool) -> int:
+async def replay(
+    redis: aioredis.Redis, keys: Keys, db: Database, ids: list[str], everything: bool
+) -> int:
     """Put dead letters back on the dispatch stream as new entries (delivery count starts again);
     each leaves the dead-letter stream in the same MULTI that re-enqueues it."""
-    count = 0
+    replayed: list[str] = []
     for entry_id, raw in await _select(redis, keys, ids, everything):
         original = {k.removeprefix("field:"): v for k, v in raw.items() if k.startswith("field:")}
         if not original:
@@ -124,8 +128,9 @@ async def replay(redis: aioredis.Redis, keys: Keys, ids: list[str], everything: 
             pipe.xadd(keys.dispatch, original)
             pipe.xdel(keys.dead_letters, entry_id)
             await pipe.execute()
-        count += 1
-    return count
+        replayed.append(original.get("taskId", ""))
+    await unpark(db, [t for t in replayed if t])
+    return len(replayed)
 
 
 async def purge(

@@ -13,10 +13,10 @@ import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from flowq import status
-from flowq.db import Database, ExecutorLeaseRow, TaskRow, utcnow
+from flowq.db import Database, ExecutorLeaseRow, TaskRow, update, utcnow
 from flowq.errors import FlowqError
 from flowq.stream import Entry, Envelope, EnvelopeError
 
@@ -78,7 +78,7 @@ async def handle_batch(
         detail = f"database: {type(exc).__name__}: {exc}"
         for entry_id, envelope in envelopes.items():
             results[entry_id] = Result(
-                Outcome.UNAVAILABLE, detail, envelope.task_id, envelope.enqueued_at_ms
+                Outcome.UNAVAILABLE, detail, envelope.task_id, envelope.enqueued_at_ms, "database"
             )
         return results
 
@@ -144,12 +144,27 @@ async def note_still_in_delivery(db: Database, task_ids: Sequence[str]) -> None:
     """Tasks whose entry waits, pending, for an executor: the delivery path still holds them,
     so the requeue sweep must not enqueue them again (it enqueues QUEUED tasks whose
     `enqueued_at` is older than FLOWQ_REQUEUE_AFTER_SECONDS)."""
+    await _set_enqueued_at(db, task_ids, utcnow())
+
+
+async def park(db: Database, task_ids: Sequence[str]) -> None:
+    """Tasks whose entry was dead-lettered: the requeue sweep leaves them alone (enqueued_at
+    NULL) until a replay puts them back, so a poison task does not cycle through the queue."""
+    await _set_enqueued_at(db, task_ids, None)
+
+
+async def unpark(db: Database, task_ids: Sequence[str]) -> None:
+    """Replayed tasks are in the stream again; from now on the sweep watches them as usual."""
+    await _set_enqueued_at(db, task_ids, utcnow())
+
+
+async def _set_enqueued_at(db: Database, task_ids: Sequence[str], value: object) -> None:
     if not task_ids:
         return
     async with db.session() as session:
         await session.execute(
             update(TaskRow)
             .where(TaskRow.id.in_(list(task_ids)), TaskRow.status == status.QUEUED)
-            .values(enqueued_at=utcnow())
+            .values(enqueued_at=value)
         )
         await session.commit()

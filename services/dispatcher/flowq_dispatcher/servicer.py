@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import redis.asyncio as aioredis
 
+from flowq.db import Database
 from flowq.keys import Keys
 from flowq.v1 import queue_service_pb2 as pb
 from flowq.v1 import queue_service_pb2_grpc as pb_grpc
@@ -12,9 +13,10 @@ from flowq_dispatcher import deadletters
 
 
 class QueueServicer(pb_grpc.QueueServiceServicer):
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, db: Database) -> None:
         self.redis = redis
         self.keys = keys
+        self.db = db
 
     async def GetQueueStats(
         self, request: pb.GetQueueStatsRequest, context: grpc.aio.ServicerContext
@@ -32,7 +34,9 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
     async def ReplayDeadLetters(
         self, request: pb.ReplayDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReplayDeadLettersResponse:
-        count = await deadletters.replay(self.redis, self.keys, list(request.ids), request.all)
+        count = await deadletters.replay(
+            self.redis, self.keys, self.db, list(request.ids), request.all
+        )
         return pb.ReplayDeadLettersResponse(replayed=count)
 
     async def PurgeDeadLetters(

@@ -1,8 +1,11 @@
 """Recovery sweeps: SQL is the source of truth, the stream only the delivery path.
 
 Every change is a compare-and-set, so any number of dispatchers may sweep at once.
-- QUEUED and not enqueued within FLOWQ_REQUEUE_AFTER_SECONDS: enqueued again (an XADD that
-  failed after commit, a Redis that lost its data).
+- QUEUED, enqueued longer ago than FLOWQ_REQUEUE_AFTER_SECONDS and before the oldest entry
+  still in the stream (so its own entry is gone: an XADD that failed after commit, a Redis that
+  lost its data): enqueued again. Handled entries are deleted from the stream, so every task
+  with an entry in the stream was enqueued at or after the oldest one; a long backlog is never
+  duplicated. Tasks parked by a dead letter (`enqueued_at` NULL) wait for a replay.
 - RUNNING whose owner's lease expired: back to QUEUED (epoch + 1, attempt + 1), enqueued;
   past FLOWQ_MAX_TASK_ATTEMPTS: FAILED (owner-lost).
 Start-up never cancels anything: a task is recovered only because its owner's lease expired.
@@ -11,20 +14,23 @@ Start-up never cancels anything: a task is recovered only because its owner's le
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
-from sqlalchemy import and_, or_, select, update
+from redis.exceptions import ResponseError
+from sqlalchemy import and_, delete, or_, select
 
 from flowq import status, stream
-from flowq.db import Database, ExecutorLeaseRow, StepRunRow, TaskEventRow, TaskRow, utcnow
+from flowq.db import Database, ExecutorLeaseRow, StepRunRow, TaskEventRow, TaskRow, update, utcnow
 from flowq.keys import Keys
 from flowq.log import log_context
 
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
+# Entry ids carry Redis's clock, enqueued_at the apiserver's: allow this much difference.
+CLOCK_SKEW_SECONDS = 5.0
 
 RECOVERED = Counter(
     "flowq_tasks_recovered_total", "Tasks recovered by the sweep, by reason.", ["reason"]
@@ -34,17 +40,19 @@ RECOVERED = Counter(
 async def requeue_stale(
     db: Database, redis: aioredis.Redis, keys: Keys, requeue_after: float
 ) -> int:
-    """Enqueue QUEUED tasks whose last enqueue is older than `requeue_after` seconds."""
+    """Enqueue QUEUED tasks whose entry left the stream without the task being handled."""
     now = utcnow()
     cutoff = now - timedelta(seconds=requeue_after)
+    oldest = await redis.xrange(keys.dispatch, min="-", max="+", count=1)
+    if oldest:
+        oldest_ms = int(_text(oldest[0][0]).split("-")[0])
+        oldest_at = datetime.fromtimestamp(oldest_ms / 1000, UTC)
+        cutoff = min(cutoff, oldest_at - timedelta(seconds=CLOCK_SKEW_SECONDS))
     async with db.session() as session:
         rows = (
             await session.execute(
                 select(TaskRow.id, TaskRow.attempt, TaskRow.enqueued_at)
-                .where(
-                    TaskRow.status == status.QUEUED,
-                    or_(TaskRow.enqueued_at.is_(None), TaskRow.enqueued_at < cutoff),
-                )
+                .where(TaskRow.status == status.QUEUED, TaskRow.enqueued_at < cutoff)
                 .order_by(TaskRow.id)
                 .limit(SWEEP_BATCH)
             )
@@ -57,9 +65,7 @@ async def requeue_stale(
                 .where(
                     TaskRow.id == task_id,
                     TaskRow.status == status.QUEUED,
-                    TaskRow.enqueued_at.is_(None)
-                    if enqueued_at is None
-                    else TaskRow.enqueued_at == enqueued_at,
+                    TaskRow.enqueued_at == enqueued_at,
                 )
                 .values(enqueued_at=now)
             )
@@ -159,3 +165,24 @@ async def recover_orphans(
                 await stream.enqueue(redis, keys, stream.Envelope.new(task_id, attempt + 1))
             count += 1
     return count
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def housekeeping(db: Database, redis: aioredis.Redis, keys: Keys, stale_after: float) -> None:
+    """Forget executors and dispatchers gone for `stale_after` seconds: expired lease rows (their
+    tasks were recovered long ago) and consumers that hold no pending entries."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    async with db.session() as session:
+        await session.execute(delete(ExecutorLeaseRow).where(ExecutorLeaseRow.expires_at < cutoff))
+        await session.commit()
+    try:
+        consumers = await redis.xinfo_consumers(keys.dispatch, keys.group)
+    except ResponseError:  # no stream or group yet
+        return
+    for consumer in consumers:
+        if int(consumer["pending"]) == 0 and int(consumer["idle"]) > stale_after * 1000:
+            await redis.xgroup_delconsumer(keys.dispatch, keys.group, consumer["name"])
+            log.info("removed a departed consumer", extra={"consumer": _text(consumer["name"])})

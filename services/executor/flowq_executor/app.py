@@ -24,7 +24,8 @@ class Executor(Service):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.db = Database(settings.database_url)
+        # Claims and running tasks write concurrently: a pool that covers them avoids reconnecting.
+        self.db = Database(settings.database_url, pool_size=30)
         self.redis = stream.connect(settings.redis_url)
         self.runner = TaskRunner(settings, self.db, self.redis, Keys(settings.key_prefix))
 
@@ -35,14 +36,15 @@ class Executor(Service):
         return [SERVICE.full_name]
 
     async def start(self, loops: Supervisor) -> None:
-        # Hold a lease before taking any task, so no claim is ever without one.
-        await self.runner.first_heartbeat()
+        # RunTask answers UNAVAILABLE until the first renewal: no claim is ever without a lease.
         loops.spawn("heartbeat", self.runner.heartbeat_loop)
 
     async def check_ready(self) -> None:
         await self.db.ping()
         if self.runner.draining:
             raise RuntimeError("draining")
+        if not self.runner.lease_fresh():
+            raise RuntimeError("the lease is not being renewed")
 
     async def drain(self, grace_seconds: float) -> None:
         await self.runner.drain(grace_seconds)

@@ -106,16 +106,34 @@ class TaskController:
                 self.on_done()
 
     async def _run(self) -> None:
-        workflow = json_format.ParseDict(
-            self.claimed.spec, types_pb2.Workflow(), ignore_unknown_fields=True
-        )
+        try:
+            workflow = json_format.ParseDict(
+                self.claimed.spec, types_pb2.Workflow(), ignore_unknown_fields=True
+            )
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            # Not transient: handing it back would only fail again elsewhere. Fail it, saying why.
+            async with self.db.session() as s:
+                await repository.finish_task(
+                    s,
+                    self.fence,
+                    status.FAILED,
+                    status.REASON_INVALID,
+                    f"the task's workflow definition cannot be read: {exc}",
+                )
+            return
         plan = make_plan(workflow)
         states = {name: st for name, (st, _attempts) in self.claimed.steps.items()}
         attempts = {name: a for name, (_st, a) in self.claimed.steps.items()}
-        pending = [
-            s for s in plan.order if states.get(s.name) not in (status.SUCCEEDED, status.SKIPPED)
+        # Resume: steps that ended (succeeded, failed, skipped, cancelled) never run again; a step
+        # that was RUNNING under a previous owner runs again.
+        pending = [s for s in plan.order if states.get(s.name) not in status.TERMINAL_STEP_STATUSES]
+        failures: list[tuple[str, str, bool]] = [  # (step, message, timed out)
+            (s.name, "failed before the task was recovered", False)
+            for s in plan.order
+            if states.get(s.name) == status.FAILED
         ]
-        failures: list[tuple[str, str, bool]] = []  # (step, message, timed out)
+        if failures and plan.fail_fast:
+            pending = []
         deadline = workflow.timeout_seconds or None
         log.info(
             "task started",

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flowq import status
-from flowq.db import ExecutorLeaseRow, StepRunRow, TaskEventRow, TaskRow, utcnow
+from flowq.db import ExecutorLeaseRow, StepRunRow, TaskEventRow, TaskRow, update, utcnow
 from flowq.errors import FencedError
 
 
@@ -31,6 +31,7 @@ class Claimed:
     workflow_name: str
     spec: dict[str, Any]
     steps: dict[str, tuple[str, int]]  # name -> (status, attempts) as stored
+    cancel_requested: bool = False
 
 
 def _owned(fence: Fence) -> Any:
@@ -54,7 +55,7 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
                 owner_id=owner_id,
                 epoch=TaskRow.epoch + 1,
                 updated_at=now,
-                started_at=now,
+                started_at=func.coalesce(TaskRow.started_at, now),  # the first start counts
             )
             .returning(
                 TaskRow.epoch,
@@ -62,13 +63,14 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
                 TaskRow.app_id,
                 TaskRow.workflow_name,
                 TaskRow.workflow_spec,
+                TaskRow.cancel_requested,
             )
         )
     ).one_or_none()
     if row is None:
         await session.rollback()
         return None
-    epoch, attempt, app_id, workflow_name, spec = row
+    epoch, attempt, app_id, workflow_name, spec, cancel = row
     fence = Fence(task_id, owner_id, epoch, attempt)
     session.add(
         TaskEventRow(
@@ -91,7 +93,7 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
         ).all()
     }
     await session.commit()
-    return Claimed(fence, app_id, workflow_name, spec, steps)
+    return Claimed(fence, app_id, workflow_name, spec, steps, bool(cancel))
 
 
 async def task_state(session: AsyncSession, task_id: str) -> tuple[str, str | None, bool] | None:
@@ -235,7 +237,7 @@ async def release(
     await session.execute(
         update(StepRunRow)
         .where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.RUNNING)
-        .values(status=status.PENDING, message=f"released: {why}")
+        .values(status=status.FAILED if give_up else status.PENDING, message=f"released: {why}")
     )
     if give_up:
         await session.execute(

@@ -31,6 +31,10 @@ TASKS_RUNNING = Gauge("flowq_executor_tasks_running", "Tasks this executor holds
 TASKS_RELEASED = Counter(
     "flowq_executor_tasks_released_total", "Tasks handed back to the queue.", ["why"]
 )
+TASKS_GAVE_UP = Counter(
+    "flowq_executor_tasks_gave_up_total",
+    "Tasks FAILED (executor-error) after failing on executors FLOWQ_MAX_TASK_ATTEMPTS times.",
+)
 HEARTBEAT_FAILURES = Counter(
     "flowq_executor_heartbeat_failures_total", "Lease renewals that failed."
 )
@@ -62,6 +66,7 @@ class TaskRunner:
         self._slots: dict[str, TaskController | None] = {}  # None while a claim is in flight
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.last_heartbeat = 0.0
+        self.has_lease = False  # no task is claimed before the first lease renewal
 
     # -- RunTask -------------------------------------------------------------------------------
 
@@ -70,6 +75,10 @@ class TaskRunner:
         if self.draining:
             raise UnavailableError(
                 f"executor {self.instance_id} is shutting down; try another executor"
+            )
+        if not self.has_lease:
+            raise UnavailableError(
+                f"executor {self.instance_id} holds no lease yet (is the database reachable?)"
             )
         if task_id in self._slots:
             return Decision(False, "running-here", self.instance_id)
@@ -104,6 +113,8 @@ class TaskRunner:
             on_done=lambda: self._done(task_id),
         )
         self._slots[task_id] = controller
+        if claimed.cancel_requested:  # cancelled while it waited to be recovered: no step starts
+            controller.request_stop("cancelled", "cancelled on request")
         self._tasks[task_id] = asyncio.create_task(controller.run(), name=f"task:{task_id}")
         TASKS_CLAIMED.inc()
         TASKS_RUNNING.set(len(self._tasks))
@@ -113,6 +124,11 @@ class TaskRunner:
         self._slots.pop(task_id, None)
         self._tasks.pop(task_id, None)
         TASKS_RUNNING.set(len(self._tasks))
+
+    def lease_fresh(self) -> bool:
+        """True while the last renewal is younger than the lease TTL."""
+        age = time.monotonic() - self.last_heartbeat
+        return self.has_lease and age < self.settings.lease_ttl_seconds
 
     def running(self) -> list[str]:
         return list(self._tasks)
@@ -149,11 +165,17 @@ class TaskRunner:
                         return
                     await asyncio.sleep(backoff.next())
             if released is None:
+                return  # the fence moved: someone else has the task
+            if released == status.FAILED:
+                TASKS_GAVE_UP.inc()
+                log.error("task failed: it kept failing on executors", extra={"why": why})
                 return
-            TASKS_RELEASED.labels(why="shutdown" if self.draining else "error").inc()
+            TASKS_RELEASED.labels(why="error" if failure else "shutdown").inc()
             try:
                 await stream.enqueue(
-                    self.redis, self.keys, stream.Envelope.new(fence.task_id, fence.attempt)
+                    self.redis,
+                    self.keys,
+                    stream.Envelope.new(fence.task_id, fence.attempt + (1 if failure else 0)),
                 )
             except (RedisError, OSError) as exc:
                 log.warning(
@@ -163,21 +185,6 @@ class TaskRunner:
             log.info("task handed back", extra={"why": why})
 
     # -- heartbeat and cancel checks ------------------------------------------------------
-
-    async def first_heartbeat(self) -> None:
-        """Take the lease at start-up, waiting (with backoff) for the database if it is not up yet."""
-        backoff = Backoff(base=0.2, cap=5.0)
-        while True:
-            try:
-                async with self.db.session() as session:
-                    await repository.renew_lease(
-                        session, self.instance_id, self.settings.lease_ttl_seconds, self.started_at
-                    )
-                self.last_heartbeat = time.monotonic()
-                return
-            except Exception as exc:  # noqa: BLE001 - database not reachable yet
-                log.warning("cannot take the lease yet; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(backoff.next())
 
     async def heartbeat_loop(self) -> None:
         """Renew this executor's lease; check the cancel flag of every task it holds."""
@@ -189,6 +196,9 @@ class TaskRunner:
                         session, self.instance_id, self.settings.lease_ttl_seconds, self.started_at
                     )
                 self.last_heartbeat = time.monotonic()
+                if not self.has_lease:
+                    self.has_lease = True
+                    log.info("lease taken", extra={"owner_id": self.instance_id})
                 await self._check_cancels()
                 backoff.reset()
                 await asyncio.sleep(self.settings.heartbeat_seconds)
