@@ -149,3 +149,153 @@ def test_flushall_with_queued_tasks_loses_nothing(
             for task_id in tasks:
                 assert flowq.wait(task_id, timeout=60).status == types_pb2.TASK_STATUS_SUCCEEDED
     assert sorted(ledger.read_text().split()) == sorted(tasks)
+
+
+def owner_process(stack: Stack, owner_id: str):
+    """The executor process whose instance id starts the owner token."""
+    for name, process in stack.processes.items():
+        if name.startswith("executor") and owner_id.startswith(f"{name}-{stack.grpc_ports[name]}-"):
+            return name, process
+    raise AssertionError(f"no executor owns {owner_id}")
+
+
+def test_executor_sigterm_hands_its_task_to_another_without_waiting_for_the_lease(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    # A long lease (60 s): only a hand-back can make the other executor take over quickly.
+    env = {
+        "FLOWQ_LEASE_TTL_SECONDS": "60",
+        "FLOWQ_HEARTBEAT_SECONDS": "1",
+        "FLOWQ_SHUTDOWN_GRACE_SECONDS": "2",
+    }
+    stack = Stack(
+        procs, sqlite_database_url, redis_server_url, key_prefix, extra_env=env, executors=2
+    ).start()
+    ledger = tmp_path / "ledger"
+    three_steps(stack, ledger)
+    with Client(stack.target()) as flowq:
+        task = flowq.exec_workflow("demo", "three")
+        wait_for_line(ledger, "start-two")
+        owner = flowq.get_task(task.task_id).owner_id
+        name, process = owner_process(stack, owner)
+        stopped_at = time.monotonic()
+        assert process.terminate(timeout=30) == 0, process.log_tail()
+        done = flowq.wait(task.task_id, timeout=40)
+        taken_over_in = time.monotonic() - stopped_at
+    assert done.status == types_pb2.TASK_STATUS_SUCCEEDED, done
+    assert not done.owner_id.startswith(f"{name}-{stack.grpc_ports[name]}-"), (
+        "the stopped executor finished it?"
+    )
+    assert done.attempt == 1  # a hand-back at shutdown is not a failed attempt
+    assert "released" in [e.type for e in done.events]
+    assert taken_over_in < 20, taken_over_in  # far less than the 60 s lease
+    lines = ledger.read_text().split()
+    assert lines.count("start-one") == 1 and lines.count("start-three") == 1
+    assert lines.count("start-two") == 2 and lines.count("end-two") == 1
+
+
+def test_a_paused_owner_is_fenced_off_and_cannot_change_the_task(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    stack = Stack(
+        procs, sqlite_database_url, redis_server_url, key_prefix, extra_env=FAST_LEASE, executors=2
+    ).start()
+    ledger = tmp_path / "ledger"
+    three_steps(stack, ledger)
+    with Client(stack.target()) as flowq:
+        task = flowq.exec_workflow("demo", "three")
+        wait_for_line(ledger, "start-two")
+        first_owner = flowq.get_task(task.task_id).owner_id
+        _, paused = owner_process(stack, first_owner)
+        paused.pause()  # SIGSTOP: its lease expires, the task is recovered and run elsewhere
+        try:
+            deadline = time.monotonic() + 30
+            while flowq.get_task(task.task_id).owner_id in ("", first_owner):
+                assert time.monotonic() < deadline, "never recovered"
+                time.sleep(0.1)
+        finally:
+            paused.resume()  # SIGCONT: the old owner wakes up mid-step, holding a stale fence
+        done = flowq.wait(task.task_id, timeout=60)
+        time.sleep(3)  # give the woken owner time to try its writes
+        after = flowq.get_task(task.task_id)
+    assert done.status == types_pb2.TASK_STATUS_SUCCEEDED
+    assert after.owner_id != first_owner and after.status == done.status
+    assert after.update_time == done.update_time  # nothing changed after the end
+    types = [e.type for e in after.events]
+    recovered = types.index("recovered")
+    late = [
+        e for e in after.events[recovered:] if e.owner_id == first_owner and e.type != "recovered"
+    ]
+    assert late == [], f"the fenced-off owner wrote after losing the task: {late}"
+    lines = ledger.read_text().split()
+    assert lines.count("start-three") == 1  # the stale owner never started a later step
+    assert lines.count("start-one") == 1
+
+
+def test_two_executors_racing_for_one_task_never_both_win(
+    procs, sqlite_database_url, redis_server_url, key_prefix
+) -> None:
+    import concurrent.futures
+
+    import grpc
+
+    from flowq.v1 import executor_service_pb2 as epb
+    from flowq.v1 import executor_service_pb2_grpc as epb_grpc
+
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix, executors=2)
+    stack.start("executor", "executor-2", "apiserver")  # no dispatcher: the test plays both of them
+    doc = {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 0}}]}
+    assert (
+        httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/nop", json=doc).status_code
+        == 200
+    )
+    stubs = [
+        epb_grpc.ExecutorServiceStub(grpc.insecure_channel(stack.target(name)))
+        for name in ("executor", "executor-2")
+    ]
+    with Client(stack.target()) as flowq, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for _ in range(25):
+            task_id = flowq.exec_workflow("demo", "nop").task_id
+            replies = list(
+                pool.map(
+                    lambda stub, task_id=task_id: stub.RunTask(
+                        epb.RunTaskRequest(task_id=task_id, attempt=1), timeout=10
+                    ),
+                    stubs,
+                )
+            )
+            assert sorted(r.accepted for r in replies) == [False, True], replies
+            loser = next(r for r in replies if not r.accepted)
+            assert loser.reason in ("owned", "terminal"), loser
+            done = flowq.wait(task_id, timeout=30)
+            assert done.status == types_pb2.TASK_STATUS_SUCCEEDED
+            assert [e.type for e in done.events].count("claimed") == 1
+
+
+def test_rolling_restart_of_every_service_cancels_nothing(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    env = {**FAST_LEASE, "FLOWQ_SHUTDOWN_GRACE_SECONDS": "3"}
+    stack = Stack(
+        procs, sqlite_database_url, redis_server_url, key_prefix, extra_env=env, executors=2
+    ).start()
+    doc = {
+        "steps": [
+            {"name": f"s{i}", "type": "sleep", "properties": {"seconds": 1}} for i in range(4)
+        ]
+    }
+    assert (
+        httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/slow", json=doc).status_code
+        == 200
+    )
+    with Client(stack.target()) as flowq:
+        tasks = [flowq.exec_workflow("demo", "slow").task_id for _ in range(10)]
+        time.sleep(1.5)  # they are running
+        for name in ("dispatcher", "executor", "executor-2"):
+            assert stack.processes[name].terminate(timeout=30) == 0
+            stack.start(name)  # same ports, same instance id, a new life
+        finished = [flowq.wait(t, timeout=90) for t in tasks]
+    assert [t.status for t in finished] == [types_pb2.TASK_STATUS_SUCCEEDED] * 10, [
+        (t.task_id, t.status, t.reason, t.message) for t in finished
+    ]
+    assert all(t.reason == "" for t in finished)

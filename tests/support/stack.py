@@ -29,10 +29,24 @@ class Stack:
     redis_url: str
     key_prefix: str
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Executors to run: named executor, executor-2, ...; the dispatcher round-robins over them.
+    executors: int = 1
     grpc_ports: dict[str, int] = field(default_factory=dict)
     http_port: int = 0
     metrics_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """Process names in start order: the executors, the dispatcher, the apiserver."""
+        extra = [f"executor-{i}" for i in range(2, self.executors + 1)]
+        return ["executor", *extra, "dispatcher", "apiserver"]
+
+    def executor_target(self) -> str:
+        ports = [self.grpc_ports[n] for n in self.names if n.startswith("executor")]
+        if len(ports) == 1:
+            return f"127.0.0.1:{ports[0]}"
+        return "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
 
     def env(self, role: str, **overrides: str) -> dict[str, str]:
         env = {
@@ -43,7 +57,7 @@ class Stack:
             "FLOWQ_HTTP_PORT": str(self.http_port),
             "FLOWQ_METRICS_PORT": str(self.metrics_ports[role]),
             "FLOWQ_INSTANCE_ID": f"{role}-{self.grpc_ports[role]}",
-            "FLOWQ_EXECUTOR_TARGET": f"127.0.0.1:{self.grpc_ports['executor']}",
+            "FLOWQ_EXECUTOR_TARGET": self.executor_target(),
             "FLOWQ_EXECUTOR_ALLOW_SHELL": "true",
             "FLOWQ_CLAIM_IDLE_MS": "1000",
             "FLOWQ_BACKOFF_MAX_SECONDS": "2",
@@ -59,15 +73,15 @@ class Stack:
         if ready:
             upgrade(self.database_url)
         if not self.grpc_ports:
-            self.grpc_ports = {role: free_port() for role in HEALTH_NAMES}
-            self.metrics_ports = {role: free_port() for role in HEALTH_NAMES}
+            self.grpc_ports = {name: free_port() for name in self.names}
+            self.metrics_ports = {name: free_port() for name in self.names}
             self.http_port = free_port()
-        for role in roles or ("executor", "dispatcher", "apiserver"):
-            self.processes[role] = self.procs.start_service(role, self.env(role), name=role)
-        for role in roles or ("executor", "dispatcher", "apiserver"):
-            self.processes[role].wait_healthy(
-                self.target(role), HEALTH_NAMES[role] if ready else "", timeout=60
-            )
+        for name in roles or self.names:
+            role = name.split("-")[0]
+            self.processes[name] = self.procs.start_service(role, self.env(name), name=name)
+        for name in roles or self.names:
+            health = HEALTH_NAMES[name.split("-")[0]] if ready else ""
+            self.processes[name].wait_healthy(self.target(name), health, timeout=60)
         return self
 
     def target(self, role: str = "apiserver") -> str:
@@ -75,7 +89,7 @@ class Stack:
 
     def health(self, role: str, service: str | None = None) -> str:
         """SERVING / NOT_SERVING of `service` (the role's own name by default) on that process."""
-        name = HEALTH_NAMES[role] if service is None else service
+        name = HEALTH_NAMES[role.split("-")[0]] if service is None else service
         with grpc.insecure_channel(self.target(role)) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=name), timeout=5
