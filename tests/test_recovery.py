@@ -299,3 +299,56 @@ def test_rolling_restart_of_every_service_cancels_nothing(
         (t.task_id, t.status, t.reason, t.message) for t in finished
     ]
     assert all(t.reason == "" for t in finished)
+
+
+def test_a_task_past_its_workflow_timeout_fails_with_timeout(
+    procs, database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    stack = Stack(procs, database_url, redis_server_url, key_prefix, extra_env=FAST_LEASE).start()
+    doc = {
+        "timeoutSeconds": 4,
+        "steps": [
+            {"name": "long", "type": "sleep", "properties": {"seconds": 60}},
+            {"name": "after", "type": "sleep", "properties": {"seconds": 0}},
+        ],
+    }
+    assert (
+        httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/late", json=doc).status_code
+        == 200
+    )
+    with Client(stack.target()) as flowq:
+        # The owner is alive: it stops the task itself at the deadline.
+        live = flowq.wait(flowq.exec_workflow("demo", "late").task_id, timeout=30)
+        assert (live.status, live.reason) == (types_pb2.TASK_STATUS_FAILED, "timeout")
+        assert "timeoutSeconds" in live.message
+        assert [s.status for s in live.steps] == [
+            types_pb2.STEP_STATUS_CANCELLED,
+            types_pb2.STEP_STATUS_SKIPPED,
+        ]
+
+        # The owner is dead (kill -9) and no executor is left: the sweep fails it at the deadline.
+        doc["timeoutSeconds"] = 5
+        assert (
+            httpx.put(
+                f"{stack.base_url}/api/v1/applications/demo/workflows/late5", json=doc
+            ).status_code
+            == 200
+        )
+        task = flowq.exec_workflow("demo", "late5")
+        deadline = time.monotonic() + 20
+        while flowq.get_task(task.task_id).steps[0].status != types_pb2.STEP_STATUS_RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stack.processes["executor"].kill()
+        dead = flowq.wait(task.task_id, timeout=30)
+        assert (dead.status, dead.reason) == (types_pb2.TASK_STATUS_FAILED, "timeout"), dead
+        assert "timeoutSeconds" in dead.message
+        # failed where it ran, or first recovered to QUEUED by the lease sweep and failed there
+        assert dead.steps[0].status in (types_pb2.STEP_STATUS_FAILED, types_pb2.STEP_STATUS_SKIPPED)
+        assert dead.steps[1].status == types_pb2.STEP_STATUS_SKIPPED
+
+        # Queued past its deadline with no executor at all: failed as well, never run.
+        queued = flowq.exec_workflow("demo", "late")
+        never = flowq.wait(queued.task_id, timeout=30)
+        assert (never.status, never.reason) == (types_pb2.TASK_STATUS_FAILED, "timeout")
+        assert "waited to run" in never.message and never.owner_id == ""

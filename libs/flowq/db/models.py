@@ -94,6 +94,7 @@ class TaskRow(Base):
         Index(None, "status", "enqueued_at"),
         Index(None, "app_id", "created_at"),
         Index(None, "owner_id"),
+        Index(None, "deadline_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -114,6 +115,8 @@ class TaskRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    # created_at + the workflow's timeoutSeconds; None when it has none.
+    deadline_at: Mapped[datetime | None]
 
 
 class StepRunRow(Base):

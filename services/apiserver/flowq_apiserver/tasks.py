@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import redis.asyncio as aioredis
 from google.protobuf import json_format
@@ -96,6 +97,9 @@ async def exec_workflow(
         created_at=now,
         enqueued_at=now,
         updated_at=now,
+        deadline_at=now + timedelta(seconds=definition.timeout_seconds)
+        if definition.timeout_seconds
+        else None,
     )
     try:
         session.add(task)

@@ -123,6 +123,7 @@ class Dispatcher(Service):
                 if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL_SECONDS:
                     await sweep.housekeeping(self.db, self.redis, self.keys, DEPARTED_AFTER_SECONDS)
                     last_housekeeping = time.monotonic()
+                await sweep.fail_overdue(self.db, self.settings.lease_ttl_seconds)
                 await sweep.recover_orphans(
                     self.db,
                     self.redis,

@@ -186,3 +186,82 @@ async def housekeeping(db: Database, redis: aioredis.Redis, keys: Keys, stale_af
         if int(consumer["pending"]) == 0 and int(consumer["idle"]) > stale_after * 1000:
             await redis.xgroup_delconsumer(keys.dispatch, keys.group, consumer["name"])
             log.info("removed a departed consumer", extra={"consumer": _text(consumer["name"])})
+
+
+async def fail_overdue(db: Database, lease_ttl: float) -> int:
+    """FAILED (timeout) for tasks past their deadline that no live executor holds: QUEUED ones,
+    and RUNNING ones whose owner's lease expired (a live owner enforces the deadline itself)."""
+    now = utcnow()
+    async with db.session() as session:
+        rows = (
+            await session.execute(
+                select(TaskRow.id, TaskRow.owner_id, TaskRow.epoch, TaskRow.status, TaskRow.attempt)
+                .outerjoin(ExecutorLeaseRow, ExecutorLeaseRow.instance_id == TaskRow.owner_id)
+                .where(
+                    TaskRow.deadline_at < now,
+                    or_(
+                        TaskRow.status == status.QUEUED,
+                        and_(
+                            TaskRow.status == status.RUNNING,
+                            or_(
+                                ExecutorLeaseRow.expires_at < now,
+                                and_(
+                                    ExecutorLeaseRow.instance_id.is_(None),
+                                    TaskRow.updated_at < now - timedelta(seconds=lease_ttl),
+                                ),
+                            ),
+                        ),
+                    ),
+                )
+                .limit(SWEEP_BATCH)
+            )
+        ).all()
+    count = 0
+    for task_id, owner, epoch, task_status, attempt in rows:
+        with log_context(task_id=task_id):
+            message = "the task ran past its workflow timeoutSeconds" + (
+                f" (its owner {owner} is gone)" if owner else " while it waited to run"
+            )
+            async with db.session() as session:
+                result = await session.execute(
+                    update(TaskRow)
+                    .where(
+                        TaskRow.id == task_id, TaskRow.epoch == epoch, TaskRow.status == task_status
+                    )
+                    .values(
+                        status=status.FAILED,
+                        reason=status.REASON_TIMEOUT,
+                        message=message,
+                        epoch=epoch + 1,
+                        finished_at=now,
+                        updated_at=now,
+                    )
+                )
+                if result.rowcount != 1:
+                    await session.rollback()
+                    continue
+                await session.execute(
+                    update(StepRunRow)
+                    .where(StepRunRow.task_id == task_id, StepRunRow.status == status.RUNNING)
+                    .values(status=status.FAILED, message="timeout", finished_at=now)
+                )
+                await session.execute(
+                    update(StepRunRow)
+                    .where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
+                    .values(status=status.SKIPPED, message="task timed out")
+                )
+                session.add(
+                    TaskEventRow(
+                        task_id=task_id,
+                        at=now,
+                        type="failed",
+                        message=message,
+                        owner_id=owner,
+                        attempt=attempt,
+                    )
+                )
+                await session.commit()
+            RECOVERED.labels(reason=status.REASON_TIMEOUT).inc()
+            log.warning("task timed out", extra={"owner_id": owner or ""})
+            count += 1
+    return count

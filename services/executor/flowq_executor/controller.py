@@ -134,16 +134,22 @@ class TaskController:
         ]
         if failures and plan.fail_fast:
             pending = []
-        deadline = workflow.timeout_seconds or None
+        # The task's deadline counts from its creation (time spent queued or recovering counts too).
+        remaining = None
+        if self.claimed.deadline_at is not None:
+            remaining = max(0.0, (self.claimed.deadline_at - utcnow()).total_seconds())
         log.info(
             "task started",
             extra={"steps": len(plan.order), "resumed_steps": len(plan.order) - len(pending)},
         )
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(remaining):
                 await self._schedule(plan, pending, states, attempts, failures)
         except TimeoutError:
-            self.request_stop("timeout", f"task exceeded its timeout of {deadline}s")
+            self.request_stop(
+                "timeout",
+                f"the task ran past its workflow timeoutSeconds ({workflow.timeout_seconds}s)",
+            )
             await self._await_steps()
         await self._finish(failures)
 

@@ -32,6 +32,7 @@ class Claimed:
     spec: dict[str, Any]
     steps: dict[str, tuple[str, int]]  # name -> (status, attempts) as stored
     cancel_requested: bool = False
+    deadline_at: datetime | None = None  # the whole task must end by then (workflow timeoutSeconds)
 
 
 def _owned(fence: Fence) -> Any:
@@ -64,13 +65,14 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
                 TaskRow.workflow_name,
                 TaskRow.workflow_spec,
                 TaskRow.cancel_requested,
+                TaskRow.deadline_at,
             )
         )
     ).one_or_none()
     if row is None:
         await session.rollback()
         return None
-    epoch, attempt, app_id, workflow_name, spec, cancel = row
+    epoch, attempt, app_id, workflow_name, spec, cancel, deadline = row
     fence = Fence(task_id, owner_id, epoch, attempt)
     session.add(
         TaskEventRow(
@@ -93,7 +95,7 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
         ).all()
     }
     await session.commit()
-    return Claimed(fence, app_id, workflow_name, spec, steps, bool(cancel))
+    return Claimed(fence, app_id, workflow_name, spec, steps, bool(cancel), deadline)
 
 
 async def task_state(session: AsyncSession, task_id: str) -> tuple[str, str | None, bool] | None:
