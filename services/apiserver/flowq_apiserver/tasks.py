@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flowq import status
 from flowq.db import StepRunRow, TaskEventRow, TaskRow, WorkflowRow, new_task_id, update, utcnow
+from flowq.db.queries import settle_steps
 from flowq.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -181,11 +182,7 @@ async def cancel_task(
         )
     )
     if result.rowcount == 1:
-        await session.execute(
-            update(StepRunRow)
-            .where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
-            .values(status=status.SKIPPED, message="task cancelled")
-        )
+        await settle_steps(session, task_id, skip_pending="task cancelled")
         session.add(
             TaskEventRow(
                 task_id=task_id, at=now, type="cancelled", message=note, attempt=row.attempt

@@ -22,7 +22,8 @@ from redis.exceptions import ResponseError
 from sqlalchemy import and_, delete, or_, select
 
 from flowq import status, stream
-from flowq.db import Database, ExecutorLeaseRow, StepRunRow, TaskEventRow, TaskRow, update, utcnow
+from flowq.db import Database, ExecutorLeaseRow, TaskEventRow, TaskRow, update, utcnow
+from flowq.db.queries import owner_gone, settle_steps
 from flowq.keys import Keys
 from flowq.log import log_context
 
@@ -89,16 +90,7 @@ async def recover_orphans(
             await session.execute(
                 select(TaskRow.id, TaskRow.owner_id, TaskRow.epoch, TaskRow.attempt)
                 .outerjoin(ExecutorLeaseRow, ExecutorLeaseRow.instance_id == TaskRow.owner_id)
-                .where(
-                    TaskRow.status == status.RUNNING,
-                    or_(
-                        ExecutorLeaseRow.expires_at < now,
-                        and_(
-                            ExecutorLeaseRow.instance_id.is_(None),
-                            TaskRow.updated_at < now - timedelta(seconds=lease_ttl),
-                        ),
-                    ),
-                )
+                .where(TaskRow.status == status.RUNNING, owner_gone(now, lease_ttl))
                 .limit(SWEEP_BATCH)
             )
         ).all()
@@ -135,17 +127,13 @@ async def recover_orphans(
                 if result.rowcount != 1:
                     await session.rollback()
                     continue
-                await session.execute(
-                    update(StepRunRow)
-                    .where(StepRunRow.task_id == task_id, StepRunRow.status == status.RUNNING)
-                    .values(status=status.FAILED if give_up else status.PENDING, message=why)
+                await settle_steps(
+                    session,
+                    task_id,
+                    running_to=status.FAILED if give_up else status.PENDING,
+                    running_message=why,
+                    skip_pending="task failed" if give_up else None,
                 )
-                if give_up:
-                    await session.execute(
-                        update(StepRunRow)
-                        .where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
-                        .values(status=status.SKIPPED, message="task failed")
-                    )
                 session.add(
                     TaskEventRow(
                         task_id=task_id,
@@ -201,16 +189,7 @@ async def fail_overdue(db: Database, lease_ttl: float) -> int:
                     TaskRow.deadline_at < now,
                     or_(
                         TaskRow.status == status.QUEUED,
-                        and_(
-                            TaskRow.status == status.RUNNING,
-                            or_(
-                                ExecutorLeaseRow.expires_at < now,
-                                and_(
-                                    ExecutorLeaseRow.instance_id.is_(None),
-                                    TaskRow.updated_at < now - timedelta(seconds=lease_ttl),
-                                ),
-                            ),
-                        ),
+                        and_(TaskRow.status == status.RUNNING, owner_gone(now, lease_ttl)),
                     ),
                 )
                 .limit(SWEEP_BATCH)
@@ -240,15 +219,12 @@ async def fail_overdue(db: Database, lease_ttl: float) -> int:
                 if result.rowcount != 1:
                     await session.rollback()
                     continue
-                await session.execute(
-                    update(StepRunRow)
-                    .where(StepRunRow.task_id == task_id, StepRunRow.status == status.RUNNING)
-                    .values(status=status.FAILED, message="timeout", finished_at=now)
-                )
-                await session.execute(
-                    update(StepRunRow)
-                    .where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
-                    .values(status=status.SKIPPED, message="task timed out")
+                await settle_steps(
+                    session,
+                    task_id,
+                    running_to=status.FAILED,
+                    running_message="timeout",
+                    skip_pending="task timed out",
                 )
                 session.add(
                     TaskEventRow(

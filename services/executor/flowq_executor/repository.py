@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from flowq import status
 from flowq.db import ExecutorLeaseRow, StepRunRow, TaskEventRow, TaskRow, update, utcnow
+from flowq.db.queries import settle_steps
 from flowq.errors import FencedError
 
 
@@ -181,11 +182,7 @@ async def finish_task(
         raise FencedError(
             f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}"
         )
-    await session.execute(
-        update(StepRunRow)
-        .where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.PENDING)
-        .values(status=status.SKIPPED, message=f"task {final.lower()}")
-    )
+    await settle_steps(session, fence.task_id, skip_pending=f"task {final.lower()}")
     session.add(
         TaskEventRow(
             task_id=fence.task_id,
@@ -236,17 +233,13 @@ async def release(
     if result.rowcount != 1:
         await session.rollback()
         return None
-    await session.execute(
-        update(StepRunRow)
-        .where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.RUNNING)
-        .values(status=status.FAILED if give_up else status.PENDING, message=f"released: {why}")
+    await settle_steps(
+        session,
+        fence.task_id,
+        running_to=status.FAILED if give_up else status.PENDING,
+        running_message=f"released: {why}",
+        skip_pending="task failed" if give_up else None,
     )
-    if give_up:
-        await session.execute(
-            update(StepRunRow)
-            .where(StepRunRow.task_id == fence.task_id, StepRunRow.status == status.PENDING)
-            .values(status=status.SKIPPED, message="task failed")
-        )
     session.add(
         TaskEventRow(
             task_id=fence.task_id,
