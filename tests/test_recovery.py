@@ -352,3 +352,52 @@ def test_a_task_past_its_workflow_timeout_fails_with_timeout(
         never = flowq.wait(queued.task_id, timeout=30)
         assert (never.status, never.reason) == (types_pb2.TASK_STATUS_FAILED, "timeout")
         assert "waited to run" in never.message and never.owner_id == ""
+
+
+def test_kill_9_with_a_second_executor_up_the_other_finishes_the_task(
+    procs, database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    stack = Stack(
+        procs, database_url, redis_server_url, key_prefix, extra_env=FAST_LEASE, executors=2
+    ).start()
+    ledger = tmp_path / "ledger"
+    three_steps(stack, ledger)
+    with Client(stack.target()) as flowq:
+        task = flowq.exec_workflow("demo", "three")
+        wait_for_line(ledger, "start-two")
+        name, process = owner_process(stack, flowq.get_task(task.task_id).owner_id)
+        process.kill()
+        killed_at = time.monotonic()
+        done = flowq.wait(task.task_id, timeout=60)
+        took = time.monotonic() - killed_at
+    assert done.status == types_pb2.TASK_STATUS_SUCCEEDED
+    assert not done.owner_id.startswith(f"{name}-{stack.grpc_ports[name]}-")
+    # lease TTL (3 s) + a sweep (1 s) + the rest of the work (step two again: 3 s) + slack
+    assert took < 20, took
+    lines = ledger.read_text().split()
+    assert (lines.count("start-one"), lines.count("start-two"), lines.count("start-three")) == (
+        1,
+        2,
+        1,
+    )
+
+
+def test_an_owner_lost_too_often_fails_the_task_with_owner_lost(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    env = {**FAST_LEASE, "FLOWQ_MAX_TASK_ATTEMPTS": "1"}
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix, extra_env=env).start()
+    ledger = tmp_path / "ledger"
+    three_steps(stack, ledger)
+    with Client(stack.target()) as flowq:
+        task = flowq.exec_workflow("demo", "three")
+        wait_for_line(ledger, "start-two")
+        stack.processes["executor"].kill()
+        done = flowq.wait(task.task_id, timeout=30)
+    assert (done.status, done.reason) == (types_pb2.TASK_STATUS_FAILED, "owner-lost")
+    assert "gave up after 1 attempts" in done.message
+    assert [s.status for s in done.steps] == [
+        types_pb2.STEP_STATUS_SUCCEEDED,
+        types_pb2.STEP_STATUS_FAILED,
+        types_pb2.STEP_STATUS_SKIPPED,
+    ]
