@@ -110,12 +110,20 @@ class Runner:
             os._exit(130)
 
     async def _readiness(self) -> None:
+        """Readiness (the service's own name) follows its dependencies; liveness (`""`) turns
+        NOT_SERVING if a loop that must live has ended, so the orchestrator restarts us."""
+        alive = True
         while True:
+            if alive and not self.loops.alive():
+                alive = False
+                log.error("a background loop ended; liveness NOT_SERVING")
+                await self.health.set("", NOT_SERVING)
             try:
                 await asyncio.wait_for(self.service.check_ready(), timeout=5)
                 ready, problem = True, ""
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
                 ready, problem = False, f"{type(exc).__name__}: {exc}"
+            ready = ready and alive
             if ready != self._ready:
                 if ready:
                     log.info("ready", extra={"health_service": self.service.health_name})
