@@ -140,32 +140,48 @@ def test_redis_restarted_empty_while_the_dispatcher_runs(
 def test_entry_that_always_fails_is_dead_lettered_after_max_deliveries_and_replay_runs_it(
     procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
 ) -> None:
-    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start(
-        "executor", "apiserver"
-    )
+    # Requeue sweep every second: a dead-lettered task is parked, so it must not come back.
+    stack = Stack(
+        procs,
+        sqlite_database_url,
+        redis_server_url,
+        key_prefix,
+        extra_env={"FLOWQ_REQUEUE_AFTER_SECONDS": "1", "FLOWQ_SWEEP_INTERVAL_SECONDS": "0.5"},
+    ).start("executor", "apiserver")
     ledger = tmp_path / "ledger"
     ledger_workflow(stack, ledger)
     db_path = sqlite_database_url.removeprefix("sqlite:///")
     with client(stack) as flowq:
         task = flowq.exec_workflow("demo", "count")
-        with sqlite3.connect(db_path) as db:  # a row no executor can read: RunTask fails on it
+        doomed = flowq.exec_workflow("demo", "count")
+        with sqlite3.connect(db_path) as db:  # rows no executor can read: RunTask fails on them
             good_spec = db.execute(
                 "SELECT workflow_spec FROM tasks WHERE id = ?", (task.task_id,)
             ).fetchone()[0]
-            db.execute("UPDATE tasks SET workflow_spec = '{broken' WHERE id = ?", (task.task_id,))
+            db.execute("UPDATE tasks SET workflow_spec = '{broken'")
         stack.start("dispatcher")
-        letters = eventually(flowq.list_dead_letters, timeout=60, what="a dead letter")
-        assert letters[0].reason == "max-deliveries"
-        assert letters[0].attempts == 5  # FLOWQ_MAX_DELIVERIES, exactly
-        assert letters[0].task_id == task.task_id
-        assert "INTERNAL" in letters[0].last_error
+        letters = eventually(
+            lambda: len(flowq.list_dead_letters()) == 2 and flowq.list_dead_letters(),
+            timeout=60,
+            what="two dead letters",
+        )
+        assert {d.reason for d in letters} == {"max-deliveries"}
+        assert {d.attempts for d in letters} == {5}  # FLOWQ_MAX_DELIVERIES, exactly
+        assert {d.task_id for d in letters} == {task.task_id, doomed.task_id}
+        assert all("INTERNAL" in d.last_error for d in letters)
         assert flowq.queue_stats().length == 0  # moved, not copied
+        time.sleep(3)  # several requeue sweeps: the parked tasks stay out of the stream
+        assert flowq.queue_stats().length == 0 and len(flowq.list_dead_letters()) == 2
         assert not ledger.exists()
 
         with sqlite3.connect(db_path) as db:  # the cause is fixed
-            db.execute("UPDATE tasks SET workflow_spec = ? WHERE id = ?", (good_spec, task.task_id))
-        assert flowq.replay_dead_letters(everything=True) == 1
+            db.execute("UPDATE tasks SET workflow_spec = ?", (good_spec,))
+        by_task = {d.task_id: d.id for d in letters}
+        assert flowq.replay_dead_letters([by_task[task.task_id]]) == 1
         assert flowq.wait(task.task_id, timeout=30).status == SUCCEEDED
+        assert flowq.purge_dead_letters([by_task[doomed.task_id]]) == 1  # given up on for good
+        gone = flowq.get_task(doomed.task_id)
+        assert (gone.status, gone.reason) == (types_pb2.TASK_STATUS_FAILED, "dead-lettered")
         assert flowq.list_dead_letters() == []
     assert ledger.read_text().split() == [task.task_id]
 

@@ -52,6 +52,8 @@ class Service(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: False once a background loop that must live has ended (gRPC liveness NOT_SERVING).
+        self.live = True
 
     @abstractmethod
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -115,7 +117,7 @@ class Runner:
         alive = True
         while True:
             if alive and not self.loops.alive():
-                alive = False
+                alive = self.service.live = False
                 log.error("a background loop ended; liveness NOT_SERVING")
                 await self.health.set("", NOT_SERVING)
             try:

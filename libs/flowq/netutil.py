@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
 LOCALHOST = "127.0.0.1"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = LOCALHOST) -> int:
-    """A TCP port on `host` that nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that nothing uses right now, chosen below the kernel's ephemeral range.
+
+    A port the kernel hands out for port 0 comes from the range it also uses for outgoing
+    connections, so between picking it and a server binding it a client socket may take it.
+    Ports below that range are only ever taken by someone binding them on purpose.
+    """
+    low, _high = _ephemeral_range()
+    candidates = list(range(10000, max(10001, low)))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("0.0.0.0" if host == LOCALHOST else host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # fall back to the kernel
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

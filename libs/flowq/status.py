@@ -29,6 +29,7 @@ REASON_CANCELLED = "cancelled"
 REASON_OWNER_LOST = "owner-lost"
 REASON_INVALID = "invalid-workflow"
 REASON_EXECUTOR_ERROR = "executor-error"
+REASON_DEAD_LETTERED = "dead-lettered"
 
 
 def task_status_to_proto(name: str) -> int:

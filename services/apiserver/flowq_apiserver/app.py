@@ -59,6 +59,8 @@ class ApiServer(Service):
         )
 
     async def _healthz(self, _request: Request) -> JSONResponse:
+        if not self.live:
+            return JSONResponse({"status": "NOT_SERVING"}, status_code=503)
         return JSONResponse({"status": "SERVING"})
 
     async def _readyz(self, _request: Request) -> JSONResponse:

@@ -119,23 +119,43 @@ class Dispatcher(Service):
     async def _sweep_loop(self) -> None:
         last_housekeeping = 0.0
         while not self.consumer.stopping.is_set():
-            try:
-                if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL_SECONDS:
-                    await sweep.housekeeping(self.db, self.redis, self.keys, DEPARTED_AFTER_SECONDS)
-                    last_housekeeping = time.monotonic()
-                await sweep.fail_overdue(self.db, self.settings.lease_ttl_seconds)
-                await sweep.recover_orphans(
-                    self.db,
-                    self.redis,
-                    self.keys,
-                    self.settings.lease_ttl_seconds,
-                    self.settings.max_task_attempts,
+            # Each part on its own: Redis down must not stop the SQL-only parts, and the reverse.
+            parts = [
+                ("timeouts", lambda: sweep.fail_overdue(self.db, self.settings.lease_ttl_seconds)),
+                (
+                    "orphans",
+                    lambda: sweep.recover_orphans(
+                        self.db,
+                        self.redis,
+                        self.keys,
+                        self.settings.lease_ttl_seconds,
+                        self.settings.max_task_attempts,
+                    ),
+                ),
+                (
+                    "requeue",
+                    lambda: sweep.requeue_stale(
+                        self.db, self.redis, self.keys, self.settings.requeue_after_seconds
+                    ),
+                ),
+            ]
+            if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL_SECONDS:
+                last_housekeeping = time.monotonic()
+                parts.append(
+                    (
+                        "housekeeping",
+                        lambda: sweep.housekeeping(
+                            self.db, self.redis, self.keys, DEPARTED_AFTER_SECONDS
+                        ),
+                    )
                 )
-                await sweep.requeue_stale(
-                    self.db, self.redis, self.keys, self.settings.requeue_after_seconds
-                )
-            except Exception as exc:  # noqa: BLE001 - database or Redis blip: next round
-                log.warning("sweep failed; retrying next round", extra={"error": str(exc)})
+            for part, run in parts:
+                try:
+                    await run()
+                except Exception as exc:  # noqa: BLE001 - database or Redis blip: next round
+                    log.warning(
+                        "sweep failed; retrying next round", extra={"part": part, "error": str(exc)}
+                    )
             try:
                 await asyncio.wait_for(
                     self.consumer.stopping.wait(), self.settings.sweep_interval_seconds

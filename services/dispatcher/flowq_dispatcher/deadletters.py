@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -14,7 +15,9 @@ from flowq.errors import InvalidArgumentError
 from flowq.keys import Keys
 from flowq.stream import decode_fields
 from flowq.v1 import queue_service_pb2 as pb
-from flowq_dispatcher.handling import unpark
+from flowq_dispatcher.handling import abandon, unpark
+
+log = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 PAGE_SIZE = 50
@@ -129,24 +132,27 @@ async def replay(
             pipe.xdel(keys.dead_letters, entry_id)
             await pipe.execute()
         replayed.append(original.get("taskId", ""))
-    await unpark(db, [t for t in replayed if t])
+    try:
+        await unpark(db, [t for t in replayed if t])
+    except Exception as exc:  # noqa: BLE001 - the entries are back on the stream and will run
+        log.warning("replayed, but could not un-park the tasks", extra={"error": str(exc)})
     return len(replayed)
 
 
 async def purge(
-    redis: aioredis.Redis, keys: Keys, ids: list[str], everything: bool, confirm: str
+    redis: aioredis.Redis, keys: Keys, db: Database, ids: list[str], everything: bool, confirm: str
 ) -> int:
+    """Delete dead letters for good; their tasks, parked while they waited for a replay, are
+    FAILED (reason dead-lettered) so that none stays QUEUED forever."""
     if confirm != "purge":
         raise InvalidArgumentError(
             'set confirm to "purge" to delete dead letters for good', field="confirm"
         )
-    if everything and not ids:
-        count = await redis.xlen(keys.dead_letters)
-        await redis.delete(keys.dead_letters)
-        return count
     found = await _select(redis, keys, ids, everything)
     if not found:
         return 0
+    task_ids = [raw.get("field:taskId", "") for _, raw in found]
+    await abandon(db, [t for t in task_ids if t], "its dead letter was purged")
     return await redis.xdel(keys.dead_letters, *[i for i, _ in found])
 
 

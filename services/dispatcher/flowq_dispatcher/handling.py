@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from flowq import status
-from flowq.db import Database, ExecutorLeaseRow, TaskRow, update, utcnow
+from flowq.db import Database, ExecutorLeaseRow, TaskEventRow, TaskRow, update, utcnow
+from flowq.db.queries import settle_steps
 from flowq.errors import FlowqError
 from flowq.stream import Entry, Envelope, EnvelopeError
 
@@ -167,4 +168,35 @@ async def _set_enqueued_at(db: Database, task_ids: Sequence[str], value: object)
             .where(TaskRow.id.in_(list(task_ids)), TaskRow.status == status.QUEUED)
             .values(enqueued_at=value)
         )
+        await session.commit()
+
+
+async def abandon(db: Database, task_ids: Sequence[str], why: str) -> None:
+    """Parked tasks whose dead letter is gone for good: FAILED (dead-lettered), saying why."""
+    if not task_ids:
+        return
+    now = utcnow()
+    async with db.session() as session:
+        parked = (
+            await session.scalars(
+                update(TaskRow)
+                .where(
+                    TaskRow.id.in_(list(task_ids)),
+                    TaskRow.status == status.QUEUED,
+                    TaskRow.enqueued_at.is_(None),
+                )
+                .values(
+                    status=status.FAILED,
+                    reason=status.REASON_DEAD_LETTERED,
+                    message=why,
+                    finished_at=now,
+                    updated_at=now,
+                    epoch=TaskRow.epoch + 1,
+                )
+                .returning(TaskRow.id)
+            )
+        ).all()
+        for task_id in parked:
+            await settle_steps(session, task_id, skip_pending="task failed")
+            session.add(TaskEventRow(task_id=task_id, at=now, type="failed", message=why))
         await session.commit()

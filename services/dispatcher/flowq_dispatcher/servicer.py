@@ -43,6 +43,6 @@ class QueueServicer(pb_grpc.QueueServiceServicer):
         self, request: pb.PurgeDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> pb.PurgeDeadLettersResponse:
         count = await deadletters.purge(
-            self.redis, self.keys, list(request.ids), request.all, request.confirm
+            self.redis, self.keys, self.db, list(request.ids), request.all, request.confirm
         )
         return pb.PurgeDeadLettersResponse(purged=count)

@@ -76,9 +76,9 @@ class TaskRunner:
             raise UnavailableError(
                 f"executor {self.instance_id} is shutting down; try another executor"
             )
-        if not self.has_lease:
+        if not self.lease_fresh():
             raise UnavailableError(
-                f"executor {self.instance_id} holds no lease yet (is the database reachable?)"
+                f"executor {self.instance_id} holds no fresh lease (is the database reachable?)"
             )
         if task_id in self._slots:
             return Decision(False, "running-here", self.instance_id)
