@@ -19,11 +19,6 @@ def stack(procs, sqlite_database_url, redis_server_url, key_prefix) -> Stack:
     return Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start()
 
 
-def put(stack: Stack, name: str, doc: dict) -> None:
-    reply = httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/{name}", json=doc)
-    assert reply.status_code == 200, reply.text
-
-
 SLEEPY = {
     "steps": [
         {"name": "nap", "type": "sleep", "properties": {"seconds": 30}},
@@ -33,8 +28,12 @@ SLEEPY = {
 
 
 def test_idempotency_key_returns_the_same_task_even_when_requests_race(stack: Stack) -> None:
-    put(stack, "nap", {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 0}}]})
-    put(stack, "other", {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 0}}]})
+    stack.put_workflow(
+        "nap", {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 0}}]}
+    )
+    stack.put_workflow(
+        "other", {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 0}}]}
+    )
     url = f"{stack.base_url}/api/v1/applications/demo/workflow/exec"
     body = {"workflowName": "nap", "idempotencyKey": "deploy-42"}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -54,7 +53,7 @@ def test_cancel_a_queued_task_at_once_and_a_running_one_through_its_owner(
     stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start(
         "dispatcher", "apiserver"
     )
-    put(stack, "nap", SLEEPY)
+    stack.put_workflow("nap", SLEEPY)
     with Client(stack.target()) as flowq:
         queued = flowq.exec_workflow("demo", "nap")  # no executor: stays QUEUED
         cancelled = flowq.cancel_task("demo", queued.task_id, reason="wrong build", user="ana")
@@ -106,8 +105,7 @@ def test_dead_letter_paging_and_ids_are_validated(stack: Stack) -> None:
 
 
 def test_shell_steps_do_not_see_the_executors_settings(stack: Stack) -> None:
-    put(
-        stack,
+    stack.put_workflow(
         "env",
         {
             "steps": [

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
@@ -16,39 +13,11 @@ from flowq.client import Client
 from flowq.localredis import LocalRedis
 from flowq.netutil import free_port
 from flowq.v1 import types_pb2
+from tests.support.flows import eventually, ledger_workflow
 from tests.support.pg import LocalPostgres, create_database
 from tests.support.stack import Stack
 
 SUCCEEDED = types_pb2.TASK_STATUS_SUCCEEDED
-
-
-def eventually(check: Callable[[], object], timeout: float = 30, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
-
-
-def ledger_workflow(stack: Stack, ledger: Path, name: str = "count") -> None:
-    doc = {
-        "steps": [
-            {
-                "name": "count",
-                "type": "shell",
-                "properties": {"command": f"echo $FLOWQ_TASK_ID >> {ledger}"},
-            }
-        ]
-    }
-    reply = httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/{name}", json=doc)
-    assert reply.status_code == 200, reply.text
-
-
-def client(stack: Stack) -> Client:
-    return Client(stack.target(), queue_target=stack.target("dispatcher"))
 
 
 def test_malformed_entry_is_dead_lettered_at_once_and_dispatching_goes_on(
@@ -59,7 +28,7 @@ def test_malformed_entry_is_dead_lettered_at_once_and_dispatching_goes_on(
     garbage = r.xadd(f"{key_prefix}:dispatch", {"v": "1", "taskId": "", "attempt": "x"})
     ledger = tmp_path / "ledger"
     ledger_workflow(stack, ledger)
-    with client(stack) as flowq:
+    with stack.client() as flowq:
         task = flowq.exec_workflow("demo", "count")
         assert flowq.wait(task.task_id, timeout=30).status == SUCCEEDED
         letters = eventually(flowq.list_dead_letters, what="a dead letter")
@@ -86,7 +55,7 @@ def test_database_down_leaves_entries_pending_and_they_run_when_it_is_back(
         ledger = tmp_path / "ledger"
         ledger_workflow(stack, ledger)
         assert stack.processes["dispatcher"].terminate() == 0
-        with client(stack) as flowq:
+        with stack.client() as flowq:
             task = flowq.exec_workflow("demo", "count")  # in the stream, not yet read
             pg.kill()
             stack.start("dispatcher", ready=False)  # alive, not ready: the database is down
@@ -117,7 +86,7 @@ def test_redis_restarted_empty_while_the_dispatcher_runs(
         stack = Stack(procs, sqlite_database_url, private_redis.url, key_prefix).start()
         ledger = tmp_path / "ledger"
         ledger_workflow(stack, ledger)
-        with client(stack) as flowq:
+        with stack.client() as flowq:
             first = flowq.exec_workflow("demo", "count")
             assert flowq.wait(first.task_id, timeout=30).status == SUCCEEDED
 
@@ -151,7 +120,7 @@ def test_entry_that_always_fails_is_dead_lettered_after_max_deliveries_and_repla
     ledger = tmp_path / "ledger"
     ledger_workflow(stack, ledger)
     db_path = sqlite_database_url.removeprefix("sqlite:///")
-    with client(stack) as flowq:
+    with stack.client() as flowq:
         task = flowq.exec_workflow("demo", "count")
         doomed = flowq.exec_workflow("demo", "count")
         with sqlite3.connect(db_path) as db:  # rows no executor can read: RunTask fails on them
@@ -206,7 +175,7 @@ def test_kill_9_of_one_of_two_dispatchers_loses_nothing_and_runs_each_task_once(
     second.wait_healthy(f"127.0.0.1:{second_port}", "flowq.v1.QueueService")
     ledger = tmp_path / "ledger"
     ledger_workflow(stack, ledger)
-    with client(stack) as flowq:
+    with stack.client() as flowq:
         tasks = [flowq.exec_workflow("demo", "count").task_id for _ in range(8)]
         eventually(
             lambda: flowq.queue_stats().pending == 8, what="all entries delivered (no executor yet)"
@@ -234,11 +203,8 @@ def test_dispatch_throughput_smoke(
     """Not a benchmark: many tasks at once all get dispatched and finish (no stall, no loss)."""
     stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start()
     doc = {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 0}}]}
-    assert (
-        httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/noop", json=doc).status_code
-        == 200
-    )
-    with client(stack) as flowq:
+    stack.put_workflow("noop", doc)
+    with stack.client() as flowq:
         tasks = [flowq.exec_workflow("demo", "noop").task_id for _ in range(count)]
         for task_id in tasks:
             assert flowq.wait(task_id, timeout=120).status == SUCCEEDED

@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
-
 from flowq.client import Client
 from flowq.v1 import types_pb2
+from tests.support.flows import ledger_workflow
 from tests.support.stack import Stack
 
 FAST_LEASE = {
@@ -30,12 +29,7 @@ def three_steps(stack: Stack, ledger: Path) -> None:
         }
 
     doc = {"steps": [step("one", 0), step("two", 3), step("three", 0)]}
-    assert (
-        httpx.put(
-            f"{stack.base_url}/api/v1/applications/demo/workflows/three", json=doc
-        ).status_code
-        == 200
-    )
+    stack.put_workflow("three", doc)
 
 
 def wait_for_line(ledger: Path, line: str, timeout: float = 30) -> None:
@@ -84,24 +78,6 @@ def test_kill_9_mid_step_the_task_resumes_after_the_lease_expires(
 
 
 SWEEP_FAST = {"FLOWQ_REQUEUE_AFTER_SECONDS": "1", "FLOWQ_SWEEP_INTERVAL_SECONDS": "0.5"}
-
-
-def ledger_workflow(stack: Stack, ledger: Path) -> None:
-    doc = {
-        "steps": [
-            {
-                "name": "count",
-                "type": "shell",
-                "properties": {"command": f"echo $FLOWQ_TASK_ID >> {ledger}"},
-            }
-        ]
-    }
-    assert (
-        httpx.put(
-            f"{stack.base_url}/api/v1/applications/demo/workflows/count", json=doc
-        ).status_code
-        == 200
-    )
 
 
 def test_exec_while_redis_is_down_is_accepted_and_runs_when_it_returns(
@@ -245,10 +221,7 @@ def test_two_executors_racing_for_one_task_never_both_win(
     stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix, executors=2)
     stack.start("executor", "executor-2", "apiserver")  # no dispatcher: the test plays both of them
     doc = {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 0}}]}
-    assert (
-        httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/nop", json=doc).status_code
-        == 200
-    )
+    stack.put_workflow("nop", doc)
     stubs = [
         epb_grpc.ExecutorServiceStub(grpc.insecure_channel(stack.target(name)))
         for name in ("executor", "executor-2")
@@ -284,10 +257,7 @@ def test_rolling_restart_of_every_service_cancels_nothing(
             {"name": f"s{i}", "type": "sleep", "properties": {"seconds": 1}} for i in range(4)
         ]
     }
-    assert (
-        httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/slow", json=doc).status_code
-        == 200
-    )
+    stack.put_workflow("slow", doc)
     with Client(stack.target()) as flowq:
         tasks = [flowq.exec_workflow("demo", "slow").task_id for _ in range(10)]
         time.sleep(1.5)  # they are running
@@ -312,10 +282,7 @@ def test_a_task_past_its_workflow_timeout_fails_with_timeout(
             {"name": "after", "type": "sleep", "properties": {"seconds": 0}},
         ],
     }
-    assert (
-        httpx.put(f"{stack.base_url}/api/v1/applications/demo/workflows/late", json=doc).status_code
-        == 200
-    )
+    stack.put_workflow("late", doc)
     with Client(stack.target()) as flowq:
         # The owner is alive: it stops the task itself at the deadline.
         live = flowq.wait(flowq.exec_workflow("demo", "late").task_id, timeout=30)
@@ -328,12 +295,7 @@ def test_a_task_past_its_workflow_timeout_fails_with_timeout(
 
         # The owner is dead (kill -9) and no executor is left: the sweep fails it at the deadline.
         doc["timeoutSeconds"] = 5
-        assert (
-            httpx.put(
-                f"{stack.base_url}/api/v1/applications/demo/workflows/late5", json=doc
-            ).status_code
-            == 200
-        )
+        stack.put_workflow("late5", doc)
         task = flowq.exec_workflow("demo", "late5")
         deadline = time.monotonic() + 20
         while flowq.get_task(task.task_id).steps[0].status != types_pb2.STEP_STATUS_RUNNING:

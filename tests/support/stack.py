@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from flowq.client import Client
 from flowq.db.migrate import upgrade
 from flowq.netutil import free_port
 
@@ -101,6 +103,17 @@ class Stack:
         port = self.http_port if role == "apiserver" else self.metrics_ports[role]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
             return reply.read().decode()
+
+    def put_workflow(self, name: str, doc: dict, app_id: str = "demo") -> None:
+        """PUT a workflow document over REST; fail the test on anything but 200."""
+        reply = httpx.put(
+            f"{self.base_url}/api/v1/applications/{app_id}/workflows/{name}", json=doc, timeout=30
+        )
+        assert reply.status_code == 200, reply.text
+
+    def client(self) -> Client:
+        """A typed client of this stack's apiserver and dispatcher."""
+        return Client(self.target(), queue_target=self.target("dispatcher"))
 
     @property
     def base_url(self) -> str:
