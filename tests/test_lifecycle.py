@@ -4,8 +4,17 @@ a bad configuration is refused at start with every bad variable named."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
+
+import grpc
+import httpx
 
 from flowq.netutil import wait_port_closed
+from flowq.v1 import workflow_service_pb2 as pb
+from flowq.v1 import workflow_service_pb2_grpc as pb_grpc
 from tests.support.stack import Stack
 
 
@@ -54,3 +63,91 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(
         assert process.wait_exit(timeout=30) == 2
         log = process.log_text()
         assert "is another process using it?" in log and "Traceback" not in log, log
+
+
+def _open_streams(stack: Stack, task_id: str) -> tuple[threading.Thread, list[str]]:
+    """A gRPC WatchTask and a REST :watch on a task that will not end; returns the reader
+    thread and a list it appends to (`grpc-ended:<code>`, `rest-ended`) as each stream ends."""
+    events: list[str] = []
+
+    def grpc_watch() -> None:
+        with grpc.insecure_channel(stack.target()) as channel:
+            stream = pb_grpc.WorkflowServiceStub(channel).WatchTask(
+                pb.WatchTaskRequest(task_id=task_id)
+            )
+            try:
+                for _ in stream:
+                    pass
+                events.append("grpc-ended:OK")
+            except grpc.RpcError as exc:
+                events.append(f"grpc-ended:{exc.code().name}")
+
+    def rest_watch() -> None:
+        try:
+            with httpx.stream(
+                "GET", f"{stack.base_url}/api/v1/tasks/{task_id}:watch", timeout=60
+            ) as reply:
+                for _ in reply.iter_lines():
+                    pass
+        except httpx.HTTPError:
+            pass
+        events.append("rest-ended")
+
+    threads = [
+        threading.Thread(target=grpc_watch, daemon=True),
+        threading.Thread(target=rest_watch, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)  # both streams are open and have sent the task once
+    return threads, events
+
+
+def test_streams_that_outlive_the_grace_are_ended_and_the_process_exits_zero(
+    procs, sqlite_database_url, redis_server_url, key_prefix
+) -> None:
+    stack = Stack(
+        procs,
+        sqlite_database_url,
+        redis_server_url,
+        key_prefix,
+        extra_env={"FLOWQ_SHUTDOWN_GRACE_SECONDS": "2"},
+    ).start("dispatcher", "apiserver")  # no executor: the task stays QUEUED, the watches never end
+    stack.put_workflow(
+        "nap", {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 1}}]}
+    )
+    with stack.client() as flowq:
+        task_id = flowq.exec_workflow("demo", "nap").task_id
+    threads, events = _open_streams(stack, task_id)
+    started = time.monotonic()
+    assert stack.processes["apiserver"].terminate(timeout=30) == 0
+    took = time.monotonic() - started
+    assert took < 2 + 8, took  # the grace, plus a small bound
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(e.split(":")[0] for e in events) == ["grpc-ended", "rest-ended"], events
+
+
+def test_a_second_signal_during_the_drain_exits_at_once_non_zero(
+    procs, sqlite_database_url, redis_server_url, key_prefix
+) -> None:
+    stack = Stack(
+        procs,
+        sqlite_database_url,
+        redis_server_url,
+        key_prefix,
+        extra_env={"FLOWQ_SHUTDOWN_GRACE_SECONDS": "60"},
+    ).start("dispatcher", "apiserver")
+    stack.put_workflow(
+        "nap", {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 1}}]}
+    )
+    with stack.client() as flowq:
+        task_id = flowq.exec_workflow("demo", "nap").task_id
+    _open_streams(stack, task_id)  # keeps the drain waiting for its 60 s grace
+    apiserver = stack.processes["apiserver"]
+    os.kill(apiserver.pid, signal.SIGTERM)
+    time.sleep(1)
+    assert apiserver.running(), "the drain should still be waiting for the open streams"
+    os.kill(apiserver.pid, signal.SIGTERM)
+    assert apiserver.wait_exit(timeout=5) == 130
+    assert "second signal during drain" in apiserver.log_text()
