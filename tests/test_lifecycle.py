@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -151,3 +152,22 @@ def test_a_second_signal_during_the_drain_exits_at_once_non_zero(
     os.kill(apiserver.pid, signal.SIGTERM)
     assert apiserver.wait_exit(timeout=5) == 130
     assert "second signal during drain" in apiserver.log_text()
+
+
+def test_a_client_that_never_finishes_its_headers_is_dropped(
+    procs, sqlite_database_url, redis_server_url, key_prefix
+) -> None:
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix).start("apiserver")
+    for first in (b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"):  # fresh, and after a request
+        with socket.create_connection(("127.0.0.1", stack.http_port), timeout=30) as sock:
+            if first:
+                sock.sendall(first)
+                answer = b""
+                while b'"SERVING"}' not in answer:
+                    answer += sock.recv(4096)
+                assert b"200 OK" in answer
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+            started = time.monotonic()
+            rest = sock.recv(4096)
+            assert rest == b"", rest  # closed by the server, nothing answered
+            assert time.monotonic() - started < 10

@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from flowq.config import Settings
 from flowq.errors import ConfigError
@@ -39,6 +40,7 @@ from flowq.supervise import Supervisor
 log = logging.getLogger(__name__)
 
 READINESS_INTERVAL_SECONDS = 2.0
+HEADER_TIMEOUT_SECONDS = 5.0
 NOT_READY_INTERVAL_SECONDS = 0.25  # check often while not ready, so readiness comes back fast
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -78,6 +80,47 @@ class Service(ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Close pools and connections. Idempotent and safe before start()."""
+
+
+class _H11WithHeaderTimeout(H11Protocol):
+    """uvicorn's h11 protocol plus a header read timeout (uvicorn has none): a client that has
+    not sent a whole request head within HEADER_TIMEOUT_SECONDS of connecting, or of its last
+    response, is disconnected, so slow or stalled clients cannot hold connections open."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a whole request head arrived
+            self._disarm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
 
 
 class _QuietUvicorn(uvicorn.Server):
@@ -173,7 +216,7 @@ class Runner:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
-                http="h11",
+                http=_H11WithHeaderTimeout,
                 timeout_keep_alive=5,
                 timeout_graceful_shutdown=int(self.settings.shutdown_grace_seconds),
             )
