@@ -173,12 +173,15 @@ async def set_delivery_count(
 async def delivery_counts(
     redis: aioredis.Redis, keys: Keys, entry_ids: list[str]
 ) -> dict[str, int]:
-    """How many times each pending entry was delivered (XPENDING's counter)."""
+    """How many times each pending entry was delivered (XPENDING's counter); one round trip."""
     counts: dict[str, int] = {}
-    for entry_id in entry_ids:
-        rows = await redis.xpending_range(
-            keys.dispatch, keys.group, min=entry_id, max=entry_id, count=1
-        )
+    if not entry_ids:
+        return counts
+    async with redis.pipeline(transaction=False) as pipe:
+        for entry_id in entry_ids:
+            pipe.xpending_range(keys.dispatch, keys.group, min=entry_id, max=entry_id, count=1)
+        replies = await pipe.execute()
+    for entry_id, rows in zip(entry_ids, replies, strict=True):
         if rows:
             counts[entry_id] = int(rows[0]["times_delivered"])
     return counts
