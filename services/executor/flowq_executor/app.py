@@ -38,6 +38,7 @@ class Executor(Service):
     async def start(self, loops: Supervisor) -> None:
         # RunTask answers UNAVAILABLE until the first renewal: no claim is ever without a lease.
         loops.spawn("heartbeat", self.runner.heartbeat_loop)
+        loops.spawn("cancel-listener", self.runner.cancel_listener_loop)
 
     async def check_ready(self) -> None:
         await self.db.ping()

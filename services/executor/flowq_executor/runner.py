@@ -229,6 +229,53 @@ class TaskRunner:
                 log.info("cancel requested", extra={"task_id": task_id})
                 controller.request_stop("cancelled", "cancelled on request")
 
+    # -- cancel channel ----------------------------------------------------------------------
+
+    async def cancel_listener_loop(self) -> None:
+        """Stop a held task as soon as its cancel is published on the cancel channel.
+
+        The database flag is the truth and the heartbeat checks it, so a message lost while
+        Redis is away only makes the cancel slower; the channel makes it immediate.
+        """
+        backoff = Backoff(base=0.2, cap=self.settings.heartbeat_seconds)
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.cancel)
+                backoff.reset()
+                while True:
+                    message = await pubsub.get_message(timeout=30.0)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        await self._cancel_published(
+                            data.decode() if isinstance(data, bytes) else str(data)
+                        )
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "cancel channel lost; cancels arrive with the heartbeat until it is back",
+                    extra={"error": str(exc), "channel": self.keys.cancel},
+                )
+                await asyncio.sleep(backoff.next())
+            finally:
+                await pubsub.aclose()
+
+    async def _cancel_published(self, task_id: str) -> None:
+        controller = self._slots.get(task_id)
+        if controller is None or controller.stop.reason:
+            return  # not ours (every executor hears every cancel), or already stopping
+        try:
+            async with self.db.session() as session:
+                states = await repository.fence_states(session, [controller.fence])
+        except Exception as exc:  # noqa: BLE001 - the heartbeat's check will see the flag
+            log.warning(
+                "could not read a published cancel's flag; the heartbeat will",
+                extra={"task_id": task_id, "error": str(exc)},
+            )
+            return
+        if states.get(task_id):
+            log.info("cancel requested", extra={"task_id": task_id, "via": "channel"})
+            controller.request_stop("cancelled", "cancelled on request")
+
     # -- drain ------------------------------------------------------------------------------
 
     async def drain(self, grace_seconds: float) -> None:
