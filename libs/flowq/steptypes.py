@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
+
+from google.protobuf import json_format, struct_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 60
 
@@ -44,6 +47,26 @@ class StepType:
         return found
 
 
+def plain_properties(properties: struct_pb2.Struct) -> dict[str, Any]:
+    """A step's properties as plain JSON values.
+
+    A protobuf Struct keeps every number as a double; whole numbers come back as ints here, so
+    `replicas: 2` reaches a Kubernetes API server (which refuses 2.0 for an integer field) and an
+    HTTP body as it was written.
+    """
+    return _whole_numbers(json_format.MessageToDict(properties))
+
+
+def _whole_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
 def _command(value: Any) -> str | None:
     if isinstance(value, str):
         return None if value.strip() else "must not be empty"
@@ -70,6 +93,43 @@ def _non_negative_number(value: Any) -> str | None:
     return None if value >= 0 else "must not be negative"
 
 
+def _http_url(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// URL with a host (got {value!r})"
+    return None
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and value in choices:
+            return None
+        return f"must be one of {', '.join(choices)} (got {value!r})"
+
+    return check
+
+
+def _http_method(value: Any) -> str | None:
+    methods = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    return _one_of(*methods)(value.upper() if isinstance(value, str) else value)
+
+
+def _status_codes(value: Any) -> str | None:
+    codes = value if isinstance(value, list) and value else [value]
+    for code in codes:
+        if isinstance(code, float) and code.is_integer():
+            code = int(code)
+        if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+            return "must be an HTTP status code (100-599) or a non-empty list of them"
+    return None
+
+
+def _any(value: Any) -> str | None:
+    return None
+
+
 SHELL = StepType(
     "shell",
     (
@@ -80,6 +140,17 @@ SHELL = StepType(
     needs_shell=True,
 )
 SLEEP = StepType("sleep", (Property("seconds", _non_negative_number, required=True),))
+HTTP = StepType(
+    "http",
+    (
+        Property("url", _http_url, required=True),
+        Property("method", _http_method),
+        Property("headers", _string_map),
+        Property("body", _any),  # a string is sent as is; anything else as JSON
+        Property("expectStatus", _status_codes),
+        Property("followRedirects", _one_of("same-host", "all", "none")),
+    ),
+)
 
 #: The step types this version of flowq can run.
-STEP_TYPES: dict[str, StepType] = {t.name: t for t in (SHELL, SLEEP)}
+STEP_TYPES: dict[str, StepType] = {t.name: t for t in (SHELL, SLEEP, HTTP)}

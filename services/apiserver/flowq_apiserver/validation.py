@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import re
 
-from google.protobuf import json_format
-
 from flowq.errors import InvalidArgumentError
-from flowq.steptypes import STEP_TYPES
+from flowq.steptypes import STEP_TYPES, plain_properties
 from flowq.v1 import types_pb2
 
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?$")
@@ -58,7 +56,7 @@ def check_workflow(workflow: types_pb2.Workflow, *, shell_allowed: bool) -> None
                 "(set FLOWQ_EXECUTOR_ALLOW_SHELL=true on the apiserver and executors to allow them)",
                 field=f"{where}.type",
             )
-        props = json_format.MessageToDict(step.properties)
+        props = plain_properties(step.properties)
         for prop, problem in step_type.problems(props):
             raise InvalidArgumentError(
                 f"step {step.name!r}: {prop} {problem}", field=f"{where}.properties.{prop}"

@@ -21,7 +21,7 @@ from flowq import status
 from flowq.db import Database, utcnow
 from flowq.errors import FencedError
 from flowq.log import log_context
-from flowq.steptypes import STEP_TYPES
+from flowq.steptypes import STEP_TYPES, plain_properties
 from flowq.v1 import types_pb2
 from flowq_executor import repository
 from flowq_executor.jobs import StepContext, StepFailedError, make_job
@@ -218,7 +218,7 @@ class TaskController:
                 step_type.default_timeout_seconds if step_type else 60
             )
             allowed = max(1, step.retry.max_attempts)
-            props = json_format.MessageToDict(step.properties)
+            props = plain_properties(step.properties)
             for n in range(1, allowed + 1):
                 attempt = prior_attempts + n
                 async with self.db.session() as s:

@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flowq_executor.jobs.base import Job, StepContext, StepFailedError
+from flowq_executor.jobs.http import HttpJob
 from flowq_executor.jobs.shell import ShellJob
 from flowq_executor.jobs.sleep import SleepJob
 
-RUNNERS: dict[str, Callable[[StepContext], Job]] = {"shell": ShellJob, "sleep": SleepJob}
+RUNNERS: dict[str, Callable[[StepContext], Job]] = {
+    "shell": ShellJob,
+    "sleep": SleepJob,
+    "http": HttpJob,
+}
 
 
 def make_job(step_type: str, ctx: StepContext) -> Job:
