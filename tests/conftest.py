@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flowq.localredis import LocalRedis, LocalRedisError, redis_answers_sync
+from tests.support.kube_double import KubeTarget, kube_target
 from tests.support.pg import (
     LocalPostgres,
     LocalPostgresError,
@@ -172,3 +173,18 @@ def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessGro
         if any(r.failed for r in reports.values()) and group.processes:
             print(f"\n=== service logs ===\n{group.logs()}")
         _stop_test_processes(request)
+
+
+# -- Kubernetes ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Iterator[KubeTarget]:
+    """A Kubernetes API and a fresh namespace `flowq-test-<hex6>` in it.
+
+    By default a Kubernetes API test double (`tests.support.kube_double.KubeApiDouble`),
+    stopped after the test. `FLOWQ_TEST_KUBECONFIG=<kubeconfig>` runs the same tests against
+    that real cluster (e.g. kind): `kube.double` is None, the namespace is deleted after.
+    """
+    with kube_target(tmp_path, os.environ.get("FLOWQ_TEST_KUBECONFIG") or None) as target:
+        yield target
