@@ -127,14 +127,6 @@ def test_flushall_with_queued_tasks_loses_nothing(
     assert sorted(ledger.read_text().split()) == sorted(tasks)
 
 
-def owner_process(stack: Stack, owner_id: str):
-    """The executor process whose instance id starts the owner token."""
-    for name, process in stack.processes.items():
-        if name.startswith("executor") and owner_id.startswith(f"{name}-{stack.grpc_ports[name]}-"):
-            return name, process
-    raise AssertionError(f"no executor owns {owner_id}")
-
-
 def test_executor_sigterm_hands_its_task_to_another_without_waiting_for_the_lease(
     procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
 ) -> None:
@@ -153,7 +145,7 @@ def test_executor_sigterm_hands_its_task_to_another_without_waiting_for_the_leas
         task = flowq.exec_workflow("demo", "three")
         wait_for_line(ledger, "start-two")
         owner = flowq.get_task(task.task_id).owner_id
-        name, process = owner_process(stack, owner)
+        name, process = stack.owner_process(owner)
         stopped_at = time.monotonic()
         assert process.terminate(timeout=30) == 0, process.log_tail()
         done = flowq.wait(task.task_id, timeout=40)
@@ -182,7 +174,7 @@ def test_a_paused_owner_is_fenced_off_and_cannot_change_the_task(
         task = flowq.exec_workflow("demo", "three")
         wait_for_line(ledger, "start-two")
         first_owner = flowq.get_task(task.task_id).owner_id
-        _, paused = owner_process(stack, first_owner)
+        _, paused = stack.owner_process(first_owner)
         paused.pause()  # SIGSTOP: its lease expires, the task is recovered and run elsewhere
         try:
             deadline = time.monotonic() + 30
@@ -327,7 +319,7 @@ def test_kill_9_with_a_second_executor_up_the_other_finishes_the_task(
     with Client(stack.target()) as flowq:
         task = flowq.exec_workflow("demo", "three")
         wait_for_line(ledger, "start-two")
-        name, process = owner_process(stack, flowq.get_task(task.task_id).owner_id)
+        name, process = stack.owner_process(flowq.get_task(task.task_id).owner_id)
         process.kill()
         killed_at = time.monotonic()
         done = flowq.wait(task.task_id, timeout=60)

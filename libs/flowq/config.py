@@ -7,12 +7,15 @@ This module is the only place that reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from flowq.errors import ConfigError
+
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 # Default gRPC and metrics ports by service role.
 GRPC_PORTS = {"apiserver": 50051, "dispatcher": 50052, "executor": 50053}
@@ -50,6 +53,12 @@ def _positive_float(raw: str) -> float:
     if value <= 0:
         raise ValueError("expected a number greater than 0")
     return value
+
+
+def _dns_label(raw: str) -> str:
+    if not DNS_LABEL_RE.match(raw):
+        raise ValueError("expected a Kubernetes namespace name (lowercase letters, digits, '-')")
+    return raw
 
 
 def _url(*schemes: str) -> Callable[[str], str]:
@@ -102,6 +111,10 @@ class Settings:
     shutdown_grace_seconds: float
     backoff_max_seconds: float
     log_level: str
+    #: Executor: the kubeconfig for Kubernetes steps; empty = in-cluster, else ~/.kube/config.
+    kubeconfig: str
+    #: Executor: the namespace of Kubernetes steps that name none.
+    kube_namespace: str
 
     @classmethod
     def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +153,8 @@ class Settings:
             "shutdown_grace_seconds": ("FLOWQ_SHUTDOWN_GRACE_SECONDS", _positive_float, "30"),
             "backoff_max_seconds": ("FLOWQ_BACKOFF_MAX_SECONDS", _positive_float, "300"),
             "log_level": ("FLOWQ_LOG_LEVEL", _log_level, "INFO"),
+            "kubeconfig": ("FLOWQ_KUBECONFIG", str, env.get("KUBECONFIG", "")),
+            "kube_namespace": ("FLOWQ_KUBE_NAMESPACE", _dns_label, "default"),
         }
         values: dict[str, Any] = {"role": role}
         problems: list[str] = []

@@ -4,11 +4,13 @@ PutWorkflow) and the executor (which runs them). One place names every type.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import yaml
 from google.protobuf import json_format, struct_pb2
 
 DEFAULT_TIMEOUT_SECONDS = 60
@@ -130,6 +132,85 @@ def _any(value: Any) -> str | None:
     return None
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+
+
+def _dns_label(value: Any) -> str | None:
+    if isinstance(value, str) and _DNS_LABEL.match(value):
+        return None
+    return "must be a Kubernetes name: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+
+
+def _image(value: Any) -> str | None:
+    if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value):
+        return None
+    return "must be a container image reference, e.g. nginx:1.27"
+
+
+def _string_list(value: Any) -> str | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return None
+    return "must be a list of strings"
+
+
+def _int_between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"must be a whole number from {low} to {high}"
+        return None
+
+    return check
+
+
+def _ports(value: Any) -> str | None:
+    if isinstance(value, list) and all(_int_between(1, 65535)(p) is None for p in value):
+        return None
+    return "must be a list of port numbers (1-65535)"
+
+
+def _storage(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a map with size, storageClass and mountPath"
+    unknown = set(value) - {"size", "storageClass", "mountPath"}
+    if unknown:
+        return f"has unknown keys {sorted(unknown)}; known: size, storageClass, mountPath"
+    if "size" in value and not (isinstance(value["size"], str) and _QUANTITY.match(value["size"])):
+        return "size must be a quantity such as 10Gi or 500Mi"
+    for key in ("storageClass", "mountPath"):
+        if key in value and not isinstance(value[key], str):
+            return f"{key} must be a string"
+    return None
+
+
+def _manifests(value: Any) -> str | None:
+    if isinstance(value, str):
+        try:
+            docs = [d for d in yaml.safe_load_all(value) if d]
+        except yaml.YAMLError as exc:
+            return f"is not valid YAML: {exc}"
+    elif isinstance(value, list):
+        docs = value
+    else:
+        return "must be a list of Kubernetes objects, or a YAML string of them"
+    if not docs:
+        return "must hold at least one object"
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict):
+            return f"[{i}] must be a Kubernetes object (a map)"
+        for key in ("apiVersion", "kind"):
+            if not isinstance(doc.get(key), str) or not doc[key]:
+                return f"[{i}] needs {key}"
+        name = (
+            (doc.get("metadata") or {}).get("name")
+            if isinstance(doc.get("metadata"), dict)
+            else None
+        )
+        if not isinstance(name, str) or not name:
+            return f"[{i}] ({doc['kind']}) needs metadata.name"
+    return None
+
+
 SHELL = StepType(
     "shell",
     (
@@ -140,6 +221,43 @@ SHELL = StepType(
     needs_shell=True,
 )
 SLEEP = StepType("sleep", (Property("seconds", _non_negative_number, required=True),))
+#: Kubernetes steps may wait long for rollouts: their default timeout is larger.
+KUBE_TIMEOUT_SECONDS = 1200
+_WORKLOAD = (
+    Property("image", _image, required=True),
+    Property("replicas", _int_between(0, 1000)),
+    Property("ports", _ports),
+    Property("env", _string_map),
+    Property("command", _string_list),
+    Property("args", _string_list),
+    Property("namespace", _dns_label),
+    Property("name", _dns_label),
+)
+APPLY = StepType(
+    "apply",
+    (Property("manifests", _manifests, required=True), Property("namespace", _dns_label)),
+    KUBE_TIMEOUT_SECONDS,
+)
+K8S_JOB = StepType(
+    "k8s-job",
+    (
+        Property("image", _image, required=True),
+        Property("command", _string_list),
+        Property("args", _string_list),
+        Property("env", _string_map),
+        Property("namespace", _dns_label),
+    ),
+    KUBE_TIMEOUT_SECONDS,
+)
+WEBSERVICE = StepType("webservice", _WORKLOAD, KUBE_TIMEOUT_SECONDS)
+STORE = StepType("store", (*_WORKLOAD, Property("storage", _storage)), KUBE_TIMEOUT_SECONDS)
+_DATA = (
+    Property("data", _string_map, required=True),
+    Property("namespace", _dns_label),
+    Property("name", _dns_label),
+)
+CONFIG = StepType("config", _DATA, KUBE_TIMEOUT_SECONDS)
+SECRET = StepType("secret", _DATA, KUBE_TIMEOUT_SECONDS)
 HTTP = StepType(
     "http",
     (
@@ -153,4 +271,6 @@ HTTP = StepType(
 )
 
 #: The step types this version of flowq can run.
-STEP_TYPES: dict[str, StepType] = {t.name: t for t in (SHELL, SLEEP, HTTP)}
+STEP_TYPES: dict[str, StepType] = {
+    t.name: t for t in (SHELL, SLEEP, HTTP, APPLY, K8S_JOB, WEBSERVICE, STORE, CONFIG, SECRET)
+}

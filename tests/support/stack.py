@@ -86,6 +86,15 @@ class Stack:
             self.processes[name].wait_healthy(self.target(name), health, timeout=60)
         return self
 
+    def owner_process(self, owner_id: str) -> tuple[str, ServiceProcess]:
+        """The executor process (name, process) whose instance id starts the owner token."""
+        for name, process in self.processes.items():
+            if name.startswith("executor") and owner_id.startswith(
+                f"{name}-{self.grpc_ports[name]}-"
+            ):
+                return name, process
+        raise AssertionError(f"no executor owns {owner_id}")
+
     def target(self, role: str = "apiserver") -> str:
         return f"127.0.0.1:{self.grpc_ports[role]}"
 

@@ -51,5 +51,6 @@ class Executor(Service):
         await self.runner.drain(grace_seconds)
 
     async def stop(self) -> None:
+        self.runner.kube.close()
         await self.redis.aclose()
         await self.db.close()

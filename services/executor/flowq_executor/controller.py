@@ -25,6 +25,7 @@ from flowq.steptypes import STEP_TYPES, plain_properties
 from flowq.v1 import types_pb2
 from flowq_executor import repository
 from flowq_executor.jobs import StepContext, StepFailedError, make_job
+from flowq_executor.kube.client import KubeClient
 from flowq_executor.repository import Claimed
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class TaskController:
     hand_back: Callable[[repository.Fence, str, bool], Awaitable[None]]
     #: Called when the task ended or was handed back; the runner frees the slot.
     on_done: Callable[[], None] = lambda: None
+    kube: KubeClient | None = None
     stop: _Stop = field(default_factory=_Stop)
     _steps: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
 
@@ -183,7 +185,14 @@ class TaskController:
                 if all(states.get(d) == status.SUCCEEDED for d in plan.deps[step.name]):
                     waiting.remove(step)
                     self._steps[step.name] = asyncio.create_task(
-                        self._run_step(step, attempts.get(step.name, 0), failures),
+                        self._run_step(
+                            step,
+                            attempts.get(step.name, 0),
+                            failures,
+                            # Started under an earlier owner and never finished (recovery puts
+                            # such steps back to PENDING, keeping their attempts).
+                            interrupted=attempts.get(step.name, 0) > 0,
+                        ),
                         name=f"step:{step.name}",
                     )
             if not self._steps:
@@ -209,7 +218,11 @@ class TaskController:
             self._steps.clear()
 
     async def _run_step(
-        self, step: types_pb2.Step, prior_attempts: int, failures: list[tuple[str, str, bool]]
+        self,
+        step: types_pb2.Step,
+        prior_attempts: int,
+        failures: list[tuple[str, str, bool]],
+        interrupted: bool = False,
     ) -> bool:
         """Run one step with its timeout and retries; True when it succeeded."""
         with log_context(step=step.name):
@@ -242,6 +255,9 @@ class TaskController:
                     attempt,
                     props,
                     self.allow_shell,
+                    timeout_seconds=timeout,
+                    adopt_attempt=prior_attempts if n == 1 and interrupted else 0,
+                    kube=self.kube,
                 )
                 output, timed_out = "", False
                 job = None
@@ -252,8 +268,10 @@ class TaskController:
                 except StepFailedError as exc:
                     message, output = exc.message, exc.output
                 except TimeoutError:
+                    waiting = getattr(job, "waiting_for", "")
                     message, timed_out = (
-                        f"timeout: the step ran longer than its timeoutSeconds ({timeout}s)",
+                        f"timeout: the step ran longer than its timeoutSeconds ({timeout}s)"
+                        + (f"; still waiting for {waiting}" if waiting else ""),
                         True,
                     )
                 except asyncio.CancelledError:

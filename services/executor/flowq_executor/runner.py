@@ -23,6 +23,7 @@ from flowq.keys import Keys
 from flowq.log import log_context
 from flowq_executor import repository
 from flowq_executor.controller import TaskController
+from flowq_executor.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class TaskRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.last_heartbeat = 0.0
         self.has_lease = False  # no task is claimed before the first lease renewal
+        # Connects on first use: an executor that never runs a Kubernetes step needs no cluster.
+        self.kube = KubeClient(settings.kubeconfig, settings.kube_namespace)
 
     # -- RunTask -------------------------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class TaskRunner:
             self.settings.executor_allow_shell,
             hand_back=self.hand_back,
             on_done=lambda: self._done(task_id),
+            kube=self.kube,
         )
         self._slots[task_id] = controller
         if claimed.cancel_requested:  # cancelled while it waited to be recovered: no step starts

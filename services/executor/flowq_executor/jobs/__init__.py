@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from flowq_executor.jobs.base import Job, StepContext, StepFailedError
 from flowq_executor.jobs.http import HttpJob
+from flowq_executor.jobs.kube_apply import ApplyJob, component_job
+from flowq_executor.jobs.kube_job import KubeJobJob
 from flowq_executor.jobs.shell import ShellJob
 from flowq_executor.jobs.sleep import SleepJob
 
@@ -13,6 +16,12 @@ RUNNERS: dict[str, Callable[[StepContext], Job]] = {
     "shell": ShellJob,
     "sleep": SleepJob,
     "http": HttpJob,
+    "apply": ApplyJob,
+    "k8s-job": KubeJobJob,
+    **{
+        t: functools.partial(component_job, step_type=t)
+        for t in ("webservice", "store", "config", "secret")
+    },
 }
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flowq.errors import FlowqError
+
+if TYPE_CHECKING:
+    from flowq_executor.kube.client import KubeClient
 
 OUTPUT_TAIL_CHARS = 4000
 
@@ -30,12 +33,23 @@ class StepContext:
     attempt: int
     properties: dict[str, Any]
     allow_shell: bool
+    timeout_seconds: float = 60.0
+    #: The attempt that was RUNNING when the previous owner was lost (0: none). Kubernetes
+    #: steps adopt what that attempt created instead of starting over.
+    adopt_attempt: int = 0
+    kube: KubeClient | None = None
 
 
 class Job(Protocol):
     async def run(self) -> str: ...
 
     async def clean(self) -> None: ...
+
+
+class Waiting(Protocol):
+    """A job that can say what it is still waiting for (reported when the step times out)."""
+
+    waiting_for: str
 
 
 class OutputTail:

@@ -1,0 +1,345 @@
+"""Kubernetes step runners on real processes, through the official client over real HTTP.
+
+The cluster is the Kubernetes API test double (`tests/support/kube_double`), or a real
+cluster when FLOWQ_TEST_KUBECONFIG points at one (see docs/operations.md). The tests look at
+the cluster only through the real `kubernetes` client, so both work the same.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+
+from flowq.client import load_workflows
+from flowq.v1 import types_pb2
+from tests.support.flows import eventually
+from tests.support.kube_double import KubeTarget
+from tests.support.stack import Stack
+
+S = types_pb2
+NEVER_PULLS = "registry.invalid/flowq/web:1"  # no such registry: a real cluster cannot pull it
+
+
+def kube_stack(procs, database_url, redis_url, key_prefix, kube: KubeTarget, **kw) -> Stack:
+    env = {
+        "FLOWQ_KUBECONFIG": str(kube.kubeconfig),
+        "FLOWQ_KUBE_NAMESPACE": kube.namespace,
+        **kw.pop("extra_env", {}),
+    }
+    return Stack(procs, database_url, redis_url, key_prefix, extra_env=env, **kw).start()
+
+
+@pytest.fixture
+def stack(procs, sqlite_database_url, redis_server_url, key_prefix, kube) -> Stack:
+    return kube_stack(procs, sqlite_database_url, redis_server_url, key_prefix, kube)
+
+
+def run(stack: Stack, name: str, doc: dict, timeout: float = 90) -> types_pb2.Task:
+    stack.put_workflow(name, doc)
+    with stack.client() as flowq:
+        return flowq.wait(flowq.exec_workflow("demo", name).task_id, timeout=timeout)
+
+
+def steps_of(task: types_pb2.Task) -> dict[str, types_pb2.StepRun]:
+    return {s.name: s for s in task.steps}
+
+
+def deployment(name: str, image: str, **pod_spec) -> dict:
+    """A one-container Deployment manifest selecting `app: <name>`."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {**pod_spec, "containers": [{"name": "web", "image": image}]},
+            },
+        },
+    }
+
+
+def exists(read, *args) -> bool:
+    try:
+        read(*args)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+DELIVERY = {
+    "mode": "STEP_BY_STEP",
+    "steps": [
+        {
+            "name": "settings",
+            "type": "config",
+            "priority": 0,
+            "properties": {"data": {"LOG_LEVEL": "info"}},
+        },
+        {
+            "name": "credentials",
+            "type": "secret",
+            "priority": 0,
+            "properties": {"data": {"PASSWORD": "s3cret"}},
+        },
+        {
+            "name": "db",
+            "type": "store",
+            "priority": 1,
+            "properties": {"image": "postgres:16", "ports": [5432], "storage": {"size": "1Gi"}},
+        },
+        {
+            "name": "web",
+            "type": "webservice",
+            "priority": 2,
+            "properties": {
+                "image": "nginx:1.27",
+                "replicas": 2,
+                "ports": [80],
+                "env": {"DB_HOST": "db"},
+            },
+        },
+    ],
+}
+
+
+def test_an_application_is_delivered_config_secret_store_then_webservice(
+    stack: Stack, kube: KubeTarget
+) -> None:
+    task = run(stack, "deliver", DELIVERY)
+    assert task.status == S.TASK_STATUS_SUCCEEDED, task
+    steps = steps_of(task)
+    assert "Deployment/web ready" in steps["web"].output
+    assert "StatefulSet/db ready" in steps["db"].output
+    with kube.api() as api:
+        core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+        ns = kube.namespace
+        deployment = apps.read_namespaced_deployment("web", ns)
+        assert deployment.spec.replicas == 2
+        assert deployment.status.available_replicas == 2
+        labels = deployment.metadata.labels
+        assert labels["app.kubernetes.io/managed-by"] == "flowq"
+        assert labels["flowq.dev/app"] == "demo" and labels["flowq.dev/task"] == task.task_id
+        assert labels["flowq.dev/step"] == "web" and labels["flowq.dev/workflow"] == "deliver"
+        container = deployment.spec.template.spec.containers[0]
+        assert container.image == "nginx:1.27" and container.env[0].name == "DB_HOST"
+        assert [p.port for p in core.read_namespaced_service("web", ns).spec.ports] == [80]
+        assert core.read_namespaced_service("db", ns).spec.cluster_ip == "None"
+        assert apps.read_namespaced_stateful_set("db", ns).status.ready_replicas == 1
+        assert core.read_namespaced_config_map("settings", ns).data == {"LOG_LEVEL": "info"}
+        assert "PASSWORD" in core.read_namespaced_secret("credentials", ns).data
+    # Running it again updates the same objects in place; nothing is created twice.
+    again = run(stack, "deliver", DELIVERY)
+    assert again.status == S.TASK_STATUS_SUCCEEDED, again
+    assert "Deployment/web configured" in steps_of(again)["web"].output
+
+
+def test_a_never_ready_image_fails_naming_the_cause_and_clean_removes_only_its_own_objects(
+    stack: Stack, kube: KubeTarget
+) -> None:
+    doc = {
+        "steps": [
+            {"name": "shared", "type": "config", "properties": {"data": {"A": "1"}}},
+            {
+                "name": "rollout",
+                "type": "apply",
+                "timeoutSeconds": 60,
+                "properties": {
+                    "manifests": [
+                        # exists already (the previous step made it): updated, never deleted
+                        {
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "metadata": {"name": "shared"},
+                            "data": {"A": "2"},
+                        },
+                        {
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "metadata": {"name": "rollout-extra"},
+                            "data": {},
+                        },
+                        deployment("broken", NEVER_PULLS),
+                    ]
+                },
+            },
+        ]
+    }
+    task = run(stack, "broken", doc)
+    assert task.status == S.TASK_STATUS_FAILED and task.reason == "step-failed", task
+    step = steps_of(task)["rollout"]
+    assert "ImagePullBackOff" in step.message and "Deployment broken" in step.message, step.message
+    with kube.api() as api:
+        core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+        ns = kube.namespace
+        eventually(lambda: not exists(apps.read_namespaced_deployment, "broken", ns), 30)
+        assert not exists(core.read_namespaced_config_map, "rollout-extra", ns)
+        assert core.read_namespaced_config_map("shared", ns).data == {"A": "2"}  # updated, kept
+
+
+def test_a_step_timeout_names_what_the_rollout_was_waiting_for(stack: Stack) -> None:
+    unschedulable = deployment(
+        "nowhere", "nginx:1.27", nodeSelector={"flowq.dev/no-such-node": "true"}
+    )
+    doc = {
+        "steps": [
+            {
+                "name": "deploy",
+                "type": "apply",
+                "timeoutSeconds": 4,
+                "properties": {"manifests": [unschedulable]},
+            }
+        ]
+    }
+    task = run(stack, "stuck", doc)
+    assert task.status == S.TASK_STATUS_FAILED and task.reason == "timeout", task
+    message = steps_of(task)["deploy"].message
+    assert "still waiting for Deployment nowhere" in message, message
+    assert "Unschedulable" in message, message
+
+
+def test_k8s_job_runs_to_completion_or_fails_with_the_exit_code_and_its_log(
+    stack: Stack, kube: KubeTarget
+) -> None:
+    doc = {
+        "mode": "DAG",
+        "steps": [
+            {
+                "name": "migrate",
+                "type": "k8s-job",
+                "properties": {
+                    "image": "busybox:1.36",
+                    "command": ["sh", "-c", "echo migrating schema"],
+                },
+            },
+            {
+                "name": "smoke",
+                "type": "k8s-job",
+                "properties": {
+                    "image": "busybox:1.36",
+                    "command": ["sh", "-c", "echo smoke failed; exit 3"],
+                },
+            },
+        ],
+    }
+    task = run(stack, "jobs", doc)
+    steps = steps_of(task)
+    assert steps["migrate"].status == S.STEP_STATUS_SUCCEEDED, steps["migrate"]
+    assert "migrating schema" in steps["migrate"].output
+    assert steps["smoke"].status == S.STEP_STATUS_FAILED
+    assert "exited with code 3" in steps["smoke"].message, steps["smoke"].message
+    assert "smoke failed" in steps["smoke"].output
+    with kube.api() as api:
+        jobs = k8s.BatchV1Api(api).list_namespaced_job(
+            kube.namespace, label_selector=f"flowq.dev/task={task.task_id}"
+        )
+    names = {j.metadata.labels["flowq.dev/step"]: j for j in jobs.items}
+    assert set(names) == {"migrate"}  # the failed step's Job was cleaned
+    job = names["migrate"]
+    assert job.spec.backoff_limit == 0 and job.spec.active_deadline_seconds == 1200
+    assert job.metadata.name.endswith("-1")  # attempt 1
+
+
+FAST_LEASE = {
+    "FLOWQ_LEASE_TTL_SECONDS": "3",
+    "FLOWQ_HEARTBEAT_SECONDS": "1",
+    "FLOWQ_SWEEP_INTERVAL_SECONDS": "1",
+}
+
+
+def test_a_resumed_k8s_job_step_adopts_the_job_its_lost_owner_started(
+    procs, sqlite_database_url, redis_server_url, key_prefix, kube: KubeTarget
+) -> None:
+    stack = kube_stack(
+        procs,
+        sqlite_database_url,
+        redis_server_url,
+        key_prefix,
+        kube,
+        extra_env=FAST_LEASE,
+        executors=2,
+    )
+    doc = {
+        "steps": [
+            {
+                "name": "backfill",
+                "type": "k8s-job",
+                "properties": {
+                    "image": "busybox:1.36",
+                    "command": ["sh", "-c", "echo backfilled; sleep 8"],
+                },
+            }
+        ]
+    }
+    stack.put_workflow("backfill", doc)
+    with stack.client() as flowq, kube.api() as api:
+        batch = k8s.BatchV1Api(api)
+        task_id = flowq.exec_workflow("demo", "backfill").task_id
+        selector = f"flowq.dev/task={task_id}"
+        eventually(
+            lambda: batch.list_namespaced_job(kube.namespace, label_selector=selector).items, 30
+        )
+        _, owner = stack.owner_process(flowq.get_task(task_id).owner_id)
+        owner.kill()
+        killed = time.monotonic()
+        done = flowq.wait(task_id, timeout=60)
+        took = time.monotonic() - killed
+        jobs = batch.list_namespaced_job(kube.namespace, label_selector=selector).items
+    assert done.status == S.TASK_STATUS_SUCCEEDED, done
+    step = done.steps[0]
+    assert step.attempts == 2 and "backfilled" in step.output
+    assert [j.metadata.name for j in jobs] == [jobs[0].metadata.name]  # one Job: adopted
+    assert jobs[0].metadata.name.endswith("-1")  # the one attempt 1 started
+    assert took < 30, took
+
+
+def test_cancel_deletes_the_running_job(stack: Stack, kube: KubeTarget) -> None:
+    doc = {
+        "steps": [
+            {
+                "name": "long",
+                "type": "k8s-job",
+                "properties": {"image": "busybox:1.36", "command": ["sh", "-c", "sleep 300"]},
+            }
+        ]
+    }
+    stack.put_workflow("long", doc)
+    with stack.client() as flowq, kube.api() as api:
+        batch = k8s.BatchV1Api(api)
+        task_id = flowq.exec_workflow("demo", "long").task_id
+        selector = f"flowq.dev/task={task_id}"
+        eventually(
+            lambda: batch.list_namespaced_job(kube.namespace, label_selector=selector).items, 30
+        )
+        flowq.cancel_task("demo", task_id, reason="not today")
+        done = flowq.wait(task_id, timeout=30)
+        assert done.status == S.TASK_STATUS_CANCELLED
+        assert done.steps[0].status == S.STEP_STATUS_CANCELLED
+        eventually(
+            lambda: not batch.list_namespaced_job(kube.namespace, label_selector=selector).items, 30
+        )
+
+
+def test_the_delivery_example_runs_as_written(stack: Stack, kube: KubeTarget) -> None:
+    """examples/delivery.yaml, with its namespace pointed at the test's own."""
+    text = (Path(__file__).parent.parent / "examples" / "delivery.yaml").read_text()
+    (workflow,) = load_workflows(
+        text.replace("shop", kube.namespace).replace(f"appId: {kube.namespace}", "appId: shop")
+    )
+    with stack.client() as flowq:
+        flowq.put_workflow(workflow)
+        task = flowq.wait(flowq.exec_workflow("shop", "deliver").task_id, timeout=120)
+    assert task.status == S.TASK_STATUS_SUCCEEDED, task
+    order = sorted(task.steps, key=lambda s: s.start_time.ToDatetime())
+    assert [s.name for s in order][:1] == ["namespace"] and order[-1].name == "smoke"
+    assert "Namespace/" in steps_of(task)["namespace"].output  # it existed: configured, never owned
+    with kube.api() as api:
+        assert (
+            k8s.AppsV1Api(api).read_namespaced_deployment("web", kube.namespace).spec.replicas == 2
+        )
