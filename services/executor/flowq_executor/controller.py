@@ -82,9 +82,15 @@ class TaskController:
         return self.claimed.fence
 
     def request_stop(self, reason: str, message: str = "") -> None:
-        """Stop every running step now (cancel, timeout, release, fence moved)."""
-        if not self.stop.reason:
-            self.stop.reason, self.stop.message = reason, message
+        """Stop every running step now (cancel, timeout, release, fence moved).
+
+        Only the first request counts: a second one (the cancel channel and the heartbeat both
+        seeing one cancel, a drain during a cancel) must not interrupt the steps while they
+        clean up and record how they ended.
+        """
+        if self.stop.reason:
+            return
+        self.stop.reason, self.stop.message = reason, message
         for task in self._steps.values():
             task.cancel()
 

@@ -99,6 +99,35 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
     return Claimed(fence, app_id, workflow_name, spec, steps, bool(cancel), deadline)
 
 
+@dataclass(frozen=True)
+class Ended:
+    """What cleaning up after a task needs to know."""
+
+    status: str
+    app_id: str
+    workflow_name: str
+    spec: dict[str, Any]
+    steps: dict[str, tuple[str, int]]  # name -> (status, attempts)
+
+
+async def load_for_clean(session: AsyncSession, task_id: str) -> Ended | None:
+    row = (
+        await session.execute(
+            select(
+                TaskRow.status, TaskRow.app_id, TaskRow.workflow_name, TaskRow.workflow_spec
+            ).where(TaskRow.id == task_id)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    steps = await session.execute(
+        select(StepRunRow.name, StepRunRow.status, StepRunRow.attempts).where(
+            StepRunRow.task_id == task_id
+        )
+    )
+    return Ended(row[0], row[1], row[2], row[3], {n: (s, a) for n, s, a in steps.all()})
+
+
 async def task_state(session: AsyncSession, task_id: str) -> tuple[str, str | None, bool] | None:
     """(status, owner_id, cancel_requested) of a task, or None when it does not exist."""
     row = (
@@ -171,7 +200,8 @@ async def update_step(
 async def finish_task(
     session: AsyncSession, fence: Fence, final: str, reason: str, message: str
 ) -> None:
-    """RUNNING -> SUCCEEDED/FAILED/CANCELLED, fenced; steps still PENDING become SKIPPED."""
+    """RUNNING -> SUCCEEDED/FAILED/CANCELLED, fenced; steps still PENDING become SKIPPED and
+    any still RUNNING CANCELLED."""
     now = utcnow()
     values = dict(status=final, reason=reason, finished_at=now, updated_at=now)
     if final != status.CANCELLED:  # a cancelled task keeps the note CancelTask wrote (who, why)
@@ -182,7 +212,15 @@ async def finish_task(
         raise FencedError(
             f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}"
         )
-    await settle_steps(session, fence.task_id, skip_pending=f"task {final.lower()}")
+    # An ended task has no running step: one stopped before it could record how it ended (in
+    # its retry backoff, or while its RUNNING write was in flight) ends CANCELLED here.
+    await settle_steps(
+        session,
+        fence.task_id,
+        running_to=status.CANCELLED,
+        running_message=f"stopped: task {final.lower()}",
+        skip_pending=f"task {final.lower()}",
+    )
     session.add(
         TaskEventRow(
             task_id=fence.task_id,
