@@ -63,6 +63,18 @@ def deployment(name: str, image: str, **pod_spec) -> dict:
     }
 
 
+def job_workflow(step: str, script: str, **workflow) -> dict:
+    """A workflow of one k8s-job step running `sh -c script` in busybox."""
+    props = {"image": "busybox:1.36", "command": ["sh", "-c", script]}
+    return {**workflow, "steps": [{"name": step, "type": "k8s-job", "properties": props}]}
+
+
+def jobs_of(kube: KubeTarget, api: k8s.ApiClient, task_id: str) -> list:
+    """The Jobs labelled with `task_id` in the test's namespace."""
+    selector = f"flowq.dev/task={task_id}"
+    return k8s.BatchV1Api(api).list_namespaced_job(kube.namespace, label_selector=selector).items
+
+
 def exists(read, *args) -> bool:
     try:
         read(*args)
@@ -183,25 +195,40 @@ def test_a_never_ready_image_fails_naming_the_cause_and_clean_removes_only_its_o
         assert core.read_namespaced_config_map("shared", ns).data == {"A": "2"}  # updated, kept
 
 
-def test_a_step_timeout_names_what_the_rollout_was_waiting_for(stack: Stack) -> None:
+def test_rollout_causes_are_named_a_crash_loop_at_once_an_unschedulable_pod_at_the_timeout(
+    stack: Stack,
+) -> None:
     unschedulable = deployment(
         "nowhere", "nginx:1.27", nodeSelector={"flowq.dev/no-such-node": "true"}
     )
     doc = {
+        "mode": "DAG",
         "steps": [
             {
                 "name": "deploy",
                 "type": "apply",
                 "timeoutSeconds": 4,
                 "properties": {"manifests": [unschedulable]},
-            }
-        ]
+            },
+            {
+                "name": "crashing",
+                "type": "webservice",
+                "properties": {
+                    "image": "busybox:1.36",
+                    "command": ["sh", "-c", "echo starting; exit 2"],
+                },
+            },
+        ],
     }
     task = run(stack, "stuck", doc)
-    assert task.status == S.TASK_STATUS_FAILED and task.reason == "timeout", task
-    message = steps_of(task)["deploy"].message
-    assert "still waiting for Deployment nowhere" in message, message
+    assert task.status == S.TASK_STATUS_FAILED, task
+    steps = steps_of(task)
+    message = steps["deploy"].message
+    assert message.startswith("timeout:") and "still waiting for Deployment nowhere" in message
     assert "Unschedulable" in message, message
+    crash = steps["crashing"].message
+    assert "CrashLoopBackOff" in crash and "last exit code 2" in crash, crash
+    assert steps["crashing"].finish_time.ToDatetime() < steps["deploy"].finish_time.ToDatetime()
 
 
 def test_k8s_job_runs_to_completion_or_fails_with_the_exit_code_and_its_log(
@@ -236,10 +263,8 @@ def test_k8s_job_runs_to_completion_or_fails_with_the_exit_code_and_its_log(
     assert "exited with code 3" in steps["smoke"].message, steps["smoke"].message
     assert "smoke failed" in steps["smoke"].output
     with kube.api() as api:
-        jobs = k8s.BatchV1Api(api).list_namespaced_job(
-            kube.namespace, label_selector=f"flowq.dev/task={task.task_id}"
-        )
-    names = {j.metadata.labels["flowq.dev/step"]: j for j in jobs.items}
+        jobs = jobs_of(kube, api, task.task_id)
+    names = {j.metadata.labels["flowq.dev/step"]: j for j in jobs}
     assert set(names) == {"migrate"}  # the failed step's Job was cleaned
     job = names["migrate"]
     assert job.spec.backoff_limit == 0 and job.spec.active_deadline_seconds == 1200
@@ -265,32 +290,17 @@ def test_a_resumed_k8s_job_step_adopts_the_job_its_lost_owner_started(
         extra_env=FAST_LEASE,
         executors=2,
     )
-    doc = {
-        "steps": [
-            {
-                "name": "backfill",
-                "type": "k8s-job",
-                "properties": {
-                    "image": "busybox:1.36",
-                    "command": ["sh", "-c", "echo backfilled; sleep 8"],
-                },
-            }
-        ]
-    }
+    doc = job_workflow("backfill", "echo backfilled; sleep 8")
     stack.put_workflow("backfill", doc)
     with stack.client() as flowq, kube.api() as api:
-        batch = k8s.BatchV1Api(api)
         task_id = flowq.exec_workflow("demo", "backfill").task_id
-        selector = f"flowq.dev/task={task_id}"
-        eventually(
-            lambda: batch.list_namespaced_job(kube.namespace, label_selector=selector).items, 30
-        )
+        eventually(lambda: jobs_of(kube, api, task_id), 30)
         _, owner = stack.owner_process(flowq.get_task(task_id).owner_id)
         owner.kill()
         killed = time.monotonic()
         done = flowq.wait(task_id, timeout=60)
         took = time.monotonic() - killed
-        jobs = batch.list_namespaced_job(kube.namespace, label_selector=selector).items
+        jobs = jobs_of(kube, api, task_id)
     assert done.status == S.TASK_STATUS_SUCCEEDED, done
     step = done.steps[0]
     assert step.attempts == 2 and "backfilled" in step.output
@@ -300,30 +310,16 @@ def test_a_resumed_k8s_job_step_adopts_the_job_its_lost_owner_started(
 
 
 def test_cancel_deletes_the_running_job(stack: Stack, kube: KubeTarget) -> None:
-    doc = {
-        "steps": [
-            {
-                "name": "long",
-                "type": "k8s-job",
-                "properties": {"image": "busybox:1.36", "command": ["sh", "-c", "sleep 300"]},
-            }
-        ]
-    }
+    doc = job_workflow("long", "sleep 300")
     stack.put_workflow("long", doc)
     with stack.client() as flowq, kube.api() as api:
-        batch = k8s.BatchV1Api(api)
         task_id = flowq.exec_workflow("demo", "long").task_id
-        selector = f"flowq.dev/task={task_id}"
-        eventually(
-            lambda: batch.list_namespaced_job(kube.namespace, label_selector=selector).items, 30
-        )
+        eventually(lambda: jobs_of(kube, api, task_id), 30)
         flowq.cancel_task("demo", task_id, reason="not today")
         done = flowq.wait(task_id, timeout=30)
         assert done.status == S.TASK_STATUS_CANCELLED
         assert done.steps[0].status == S.STEP_STATUS_CANCELLED
-        eventually(
-            lambda: not batch.list_namespaced_job(kube.namespace, label_selector=selector).items, 30
-        )
+        eventually(lambda: not jobs_of(kube, api, task_id), 30)
 
 
 def test_the_delivery_example_runs_as_written(stack: Stack, kube: KubeTarget) -> None:
@@ -343,3 +339,31 @@ def test_the_delivery_example_runs_as_written(stack: Stack, kube: KubeTarget) ->
         assert (
             k8s.AppsV1Api(api).read_namespaced_deployment("web", kube.namespace).spec.replicas == 2
         )
+
+
+def test_an_abandoned_task_past_its_timeout_has_its_job_deleted_by_another_executor(
+    procs, sqlite_database_url, redis_server_url, key_prefix, kube: KubeTarget
+) -> None:
+    """The owner dies; nobody runs the task again before its workflow timeout, so the sweep
+    fails it. The dispatcher then asks an executor to clean: until one is up the call fails
+    and is retried; then the Job the dead owner started is deleted."""
+    stack = kube_stack(
+        procs, sqlite_database_url, redis_server_url, key_prefix, kube, extra_env=FAST_LEASE
+    )
+    doc = job_workflow("forever", "sleep 600", timeoutSeconds=6)
+    stack.put_workflow("abandoned", doc)
+    with stack.client() as flowq, kube.api() as api:
+        task_id = flowq.exec_workflow("demo", "abandoned").task_id
+        listed = lambda: jobs_of(kube, api, task_id)  # noqa: E731
+        eventually(listed, 30)
+        stack.processes["executor"].kill()
+        task = flowq.wait(task_id, timeout=30)
+        assert task.status == S.TASK_STATUS_FAILED and task.reason == "timeout", task
+        assert listed(), "nobody may delete the Job before an executor is asked to"
+        stack.start("executor")
+        eventually(lambda: not listed(), 60, "the abandoned Job deleted")
+        cleaned = eventually(
+            lambda: [e for e in flowq.get_task(task_id).events if e.type == "cleaned"], 30
+        )
+    assert "forever: Job/" in cleaned[0].message, cleaned[0].message
+    assert 'flowq_tasks_cleaned_total{outcome="cleaned"} 1.0' in stack.metrics("dispatcher")

@@ -271,6 +271,10 @@ HTTP = StepType(
 )
 
 #: The step types this version of flowq can run.
+#: Step types whose steps create objects that outlive them (and so need cleaning when their
+#: owner is lost).
+KUBE_STEP_TYPES = frozenset({"apply", "k8s-job", "webservice", "store", "config", "secret"})
+
 STEP_TYPES: dict[str, StepType] = {
     t.name: t for t in (SHELL, SLEEP, HTTP, APPLY, K8S_JOB, WEBSERVICE, STORE, CONFIG, SECRET)
 }

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -95,6 +96,7 @@ class TaskRow(Base):
         Index(None, "app_id", "created_at"),
         Index(None, "owner_id"),
         Index(None, "deadline_at"),
+        Index(None, "clean_pending"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -117,6 +119,9 @@ class TaskRow(Base):
     updated_at: Mapped[datetime]
     # created_at + the workflow's timeoutSeconds; None when it has none.
     deadline_at: Mapped[datetime | None]
+    # The task ended without its owner while steps that create things were unfinished: an
+    # executor must be asked to clean what they left (the dispatcher's sweep does).
+    clean_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class StepRunRow(Base):

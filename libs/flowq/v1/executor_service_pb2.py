@@ -24,21 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lowq/v1/executor_service.proto\x12\x08\x66lowq.v1\"2\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"T\n\x0fRunTaskResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\"\x1a\n\x18GetExecutorStatusRequest\"r\n\x0e\x45xecutorStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x15\n\rrunning_tasks\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\x12\x10\n\x08task_ids\x18\x05 \x03(\t2\xa4\x01\n\x0f\x45xecutorService\x12>\n\x07RunTask\x12\x18.flowq.v1.RunTaskRequest\x1a\x19.flowq.v1.RunTaskResponse\x12Q\n\x11GetExecutorStatus\x12\".flowq.v1.GetExecutorStatusRequest\x1a\x18.flowq.v1.ExecutorStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lowq/v1/executor_service.proto\x12\x08\x66lowq.v1\"#\n\x10\x43leanTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"$\n\x11\x43leanTaskResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x03(\t\"2\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"T\n\x0fRunTaskResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\"\x1a\n\x18GetExecutorStatusRequest\"r\n\x0e\x45xecutorStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x15\n\rrunning_tasks\x18\x02 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\x12\x10\n\x08task_ids\x18\x05 \x03(\t2\xea\x01\n\x0f\x45xecutorService\x12>\n\x07RunTask\x12\x18.flowq.v1.RunTaskRequest\x1a\x19.flowq.v1.RunTaskResponse\x12Q\n\x11GetExecutorStatus\x12\".flowq.v1.GetExecutorStatusRequest\x1a\x18.flowq.v1.ExecutorStatus\x12\x44\n\tCleanTask\x12\x1a.flowq.v1.CleanTaskRequest\x1a\x1b.flowq.v1.CleanTaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowq.v1.executor_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNTASKREQUEST']._serialized_start=45
-  _globals['_RUNTASKREQUEST']._serialized_end=95
-  _globals['_RUNTASKRESPONSE']._serialized_start=97
-  _globals['_RUNTASKRESPONSE']._serialized_end=181
-  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_start=183
-  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_end=209
-  _globals['_EXECUTORSTATUS']._serialized_start=211
-  _globals['_EXECUTORSTATUS']._serialized_end=325
-  _globals['_EXECUTORSERVICE']._serialized_start=328
-  _globals['_EXECUTORSERVICE']._serialized_end=492
+  _globals['_CLEANTASKREQUEST']._serialized_start=45
+  _globals['_CLEANTASKREQUEST']._serialized_end=80
+  _globals['_CLEANTASKRESPONSE']._serialized_start=82
+  _globals['_CLEANTASKRESPONSE']._serialized_end=118
+  _globals['_RUNTASKREQUEST']._serialized_start=120
+  _globals['_RUNTASKREQUEST']._serialized_end=170
+  _globals['_RUNTASKRESPONSE']._serialized_start=172
+  _globals['_RUNTASKRESPONSE']._serialized_end=256
+  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_start=258
+  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_end=284
+  _globals['_EXECUTORSTATUS']._serialized_start=286
+  _globals['_EXECUTORSTATUS']._serialized_end=400
+  _globals['_EXECUTORSERVICE']._serialized_start=403
+  _globals['_EXECUTORSERVICE']._serialized_end=637
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class ExecutorServiceStub:
                 request_serializer=flowq_dot_v1_dot_executor__service__pb2.GetExecutorStatusRequest.SerializeToString,
                 response_deserializer=flowq_dot_v1_dot_executor__service__pb2.ExecutorStatus.FromString,
                 _registered_method=True)
+        self.CleanTask = channel.unary_unary(
+                '/flowq.v1.ExecutorService/CleanTask',
+                request_serializer=flowq_dot_v1_dot_executor__service__pb2.CleanTaskRequest.SerializeToString,
+                response_deserializer=flowq_dot_v1_dot_executor__service__pb2.CleanTaskResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -64,6 +69,15 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CleanTask(self, request, context):
+        """Delete what the unfinished steps of an ended task left behind (the Kubernetes objects
+        they created), for a task that ended without its owner (timeout, owner lost). Any
+        executor can do it. FAILED_PRECONDITION while the task has not ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.GetExecutorStatus,
                     request_deserializer=flowq_dot_v1_dot_executor__service__pb2.GetExecutorStatusRequest.FromString,
                     response_serializer=flowq_dot_v1_dot_executor__service__pb2.ExecutorStatus.SerializeToString,
+            ),
+            'CleanTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CleanTask,
+                    request_deserializer=flowq_dot_v1_dot_executor__service__pb2.CleanTaskRequest.FromString,
+                    response_serializer=flowq_dot_v1_dot_executor__service__pb2.CleanTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +151,33 @@ class ExecutorService:
             '/flowq.v1.ExecutorService/GetExecutorStatus',
             flowq_dot_v1_dot_executor__service__pb2.GetExecutorStatusRequest.SerializeToString,
             flowq_dot_v1_dot_executor__service__pb2.ExecutorStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CleanTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowq.v1.ExecutorService/CleanTask',
+            flowq_dot_v1_dot_executor__service__pb2.CleanTaskRequest.SerializeToString,
+            flowq_dot_v1_dot_executor__service__pb2.CleanTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"]
 EXECUTOR_CALL_TIMEOUT_SECONDS = 10.0
+CLEAN_CALL_TIMEOUT_SECONDS = 120.0
 GAUGES_INTERVAL_SECONDS = 5.0
 HOUSEKEEPING_INTERVAL_SECONDS = 60.0
 DEPARTED_AFTER_SECONDS = 3600.0  # expired leases and idle consumers older than this are removed
@@ -91,6 +92,7 @@ class Dispatcher(Service):
         loops.spawn("claim", self.consumer.claim_loop)
         loops.spawn("sweep", self._sweep_loop)
         loops.spawn("queue-gauges", self._gauges_loop)
+        loops.spawn("clean", self._clean_loop)
 
     async def _run_task(self, task_id: str, attempt: int) -> ExecutorAnswer:
         started = time.perf_counter()
@@ -115,6 +117,13 @@ class Dispatcher(Service):
         EXECUTOR_CALLS.labels(code="OK").inc()
         EXECUTOR_CALL_SECONDS.observe(time.perf_counter() - started)
         return ExecutorAnswer(reply.accepted, reply.reason)
+
+    async def _clean_task(self, task_id: str) -> list[str]:
+        reply = await self.executor.CleanTask(
+            executor_service_pb2.CleanTaskRequest(task_id=task_id),
+            timeout=CLEAN_CALL_TIMEOUT_SECONDS,
+        )
+        return list(reply.deleted)
 
     async def _sweep_loop(self) -> None:
         last_housekeeping = 0.0
@@ -156,6 +165,22 @@ class Dispatcher(Service):
                     log.warning(
                         "sweep failed; retrying next round", extra={"part": part, "error": str(exc)}
                     )
+            try:
+                await asyncio.wait_for(
+                    self.consumer.stopping.wait(), self.settings.sweep_interval_seconds
+                )
+            except TimeoutError:
+                pass
+
+    async def _clean_loop(self) -> None:
+        """Ask executors to clean up after tasks that ended without their owner. A loop of its
+        own: a slow CleanTask must not hold up the recovery sweep."""
+        retry: dict[str, tuple[float, int]] = {}
+        while not self.consumer.stopping.is_set():
+            try:
+                await sweep.clean_abandoned(self.db, self._clean_task, retry)
+            except Exception as exc:  # noqa: BLE001 - database blip: next round
+                log.warning("clean sweep failed; retrying next round", extra={"error": str(exc)})
             try:
                 await asyncio.wait_for(
                     self.consumer.stopping.wait(), self.settings.sweep_interval_seconds

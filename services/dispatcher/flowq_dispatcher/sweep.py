@@ -14,18 +14,30 @@ Start-up never cancels anything: a task is recovered only because its owner's le
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import ResponseError
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, exists, or_, select
 
 from flowq import status, stream
-from flowq.db import Database, ExecutorLeaseRow, TaskEventRow, TaskRow, update, utcnow
+from flowq.db import (
+    Database,
+    ExecutorLeaseRow,
+    StepRunRow,
+    TaskEventRow,
+    TaskRow,
+    update,
+    utcnow,
+)
 from flowq.db.queries import owner_gone, settle_steps
 from flowq.keys import Keys
 from flowq.log import log_context
+from flowq.steptypes import KUBE_STEP_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +124,7 @@ async def recover_orphans(
                         finished_at=now,
                         message=f"{why}; gave up after {attempt} attempts",
                         epoch=epoch + 1,
+                        clean_pending=left_behind(task_id),
                     )
                 else:
                     values = dict(
@@ -153,6 +166,17 @@ async def recover_orphans(
                 await stream.enqueue(redis, keys, stream.Envelope.new(task_id, attempt + 1))
             count += 1
     return count
+
+
+def left_behind(task_id: str) -> Any:
+    """SQL: true when a step that creates objects (Kubernetes) started and did not succeed,
+    so an executor must clean up after the task's lost owner."""
+    return exists().where(
+        StepRunRow.task_id == task_id,
+        StepRunRow.type.in_(sorted(KUBE_STEP_TYPES)),
+        StepRunRow.attempts > 0,
+        StepRunRow.status != status.SUCCEEDED,
+    )
 
 
 def _text(value: bytes | str) -> str:
@@ -214,6 +238,7 @@ async def fail_overdue(db: Database, lease_ttl: float) -> int:
                         epoch=epoch + 1,
                         finished_at=now,
                         updated_at=now,
+                        clean_pending=left_behind(task_id),
                     )
                 )
                 if result.rowcount != 1:
@@ -239,5 +264,82 @@ async def fail_overdue(db: Database, lease_ttl: float) -> int:
                 await session.commit()
             RECOVERED.labels(reason=status.REASON_TIMEOUT).inc()
             log.warning("task timed out", extra={"owner_id": owner or ""})
+            count += 1
+    return count
+
+
+CLEAN_BATCH = 100
+CLEAN_RETRY_MAX_SECONDS = 300.0
+
+CLEANED = Counter(
+    "flowq_tasks_cleaned_total",
+    "Ended tasks whose left-behind Kubernetes objects an executor was asked to delete, by outcome.",
+    ["outcome"],
+)
+
+
+async def clean_abandoned(
+    db: Database,
+    clean: Callable[[str], Awaitable[list[str]]],
+    retry: dict[str, tuple[float, int]],
+) -> int:
+    """Ask an executor to clean up after tasks that ended without their owner (`clean_pending`).
+
+    `clean(task_id)` is the CleanTask call; it raises on failure. `retry` holds, per task, when
+    to try again and how many tries failed (this dispatcher's memory, backing off to
+    CLEAN_RETRY_MAX_SECONDS), so a cluster that is down is not asked every sweep.
+    """
+    async with db.session() as session:
+        ids = (
+            (
+                await session.execute(
+                    select(TaskRow.id)
+                    .where(TaskRow.clean_pending.is_(True))
+                    .order_by(TaskRow.finished_at)
+                    .limit(CLEAN_BATCH)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    for gone in set(retry) - set(ids):
+        del retry[gone]
+    count = 0
+    for task_id in ids:
+        due, failures = retry.get(task_id, (0.0, 0))
+        if due > time.monotonic():
+            continue
+        with log_context(task_id=task_id):
+            try:
+                deleted = await clean(task_id)
+            except Exception as exc:  # noqa: BLE001 - tried again later, with backoff
+                delay = min(CLEAN_RETRY_MAX_SECONDS, 2.0 ** (failures + 1))
+                retry[task_id] = (time.monotonic() + delay, failures + 1)
+                CLEANED.labels(outcome="failed").inc()
+                log.warning(
+                    "could not clean up after an abandoned task; trying again later",
+                    extra={"error": str(exc), "retry_in_seconds": delay},
+                )
+                continue
+            retry.pop(task_id, None)
+            now = utcnow()
+            message = (
+                "deleted what its unfinished steps left: " + ", ".join(deleted)
+                if deleted
+                else "its unfinished steps left nothing behind"
+            )
+            async with db.session() as session:
+                result = await session.execute(
+                    update(TaskRow)
+                    .where(TaskRow.id == task_id, TaskRow.clean_pending.is_(True))
+                    .values(clean_pending=False)
+                )
+                if result.rowcount == 1:  # another dispatcher may have got there first
+                    session.add(
+                        TaskEventRow(task_id=task_id, at=now, type="cleaned", message=message)
+                    )
+                await session.commit()
+            CLEANED.labels(outcome="cleaned").inc()
+            log.info("cleaned up after an abandoned task", extra={"deleted": len(deleted)})
             count += 1
     return count

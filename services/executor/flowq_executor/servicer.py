@@ -6,6 +6,7 @@ import grpc
 
 from flowq.v1 import executor_service_pb2 as pb
 from flowq.v1 import executor_service_pb2_grpc as pb_grpc
+from flowq_executor import cleanup
 from flowq_executor.runner import TaskRunner
 
 
@@ -23,6 +24,12 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             owner_id=decision.owner_id,
             epoch=decision.epoch,
         )
+
+    async def CleanTask(
+        self, request: pb.CleanTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CleanTaskResponse:
+        deleted = await cleanup.clean_task(self.runner.db, self.runner.kube, request.task_id)
+        return pb.CleanTaskResponse(deleted=deleted)
 
     async def GetExecutorStatus(
         self, request: pb.GetExecutorStatusRequest, context: grpc.aio.ServicerContext

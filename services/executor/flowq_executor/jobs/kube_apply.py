@@ -75,10 +75,10 @@ class ApplyJob:
             annotations[CREATED_BY] = creator
         if annotations:
             meta["annotations"] = annotations
-        stored = await self.kube.apply(obj, namespace)
-        ref: Ref = (api_version, kind, name, stored.get("metadata", {}).get("namespace"))
+        ref: Ref = (api_version, kind, name, namespace)
         if existing is None or creator == mine:
-            self.created.append(ref)
+            self.created.append(ref)  # before the call: a cancel during it must still delete it
+        await self.kube.apply(obj, namespace)
         verb = "created" if existing is None else ("adopted" if creator == mine else "configured")
         self.tail.write(f"{kind}/{name} {verb}\n")
         return ref
@@ -114,6 +114,20 @@ class ApplyJob:
         self.created.clear()
         if problems:
             raise KubeError("; ".join(problems))
+
+    async def clean_abandoned(self) -> list[str]:
+        """For a task whose owner was lost: delete the objects annotated as this step's."""
+        mine = f"{self.ctx.task_id}/{self.ctx.step}"
+        deleted = []
+        for obj in self.objects:
+            meta = obj.get("metadata") or {}
+            kind, name, api_version = obj["kind"], meta["name"], obj["apiVersion"]
+            namespace = meta.get("namespace") or self.namespace
+            found = await self.kube.get(api_version, kind, name, namespace)
+            creator = ((found or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY)
+            if creator == mine and await self.kube.delete(api_version, kind, name, namespace):
+                deleted.append(f"{kind}/{name}")
+        return deleted
 
 
 def component_job(ctx: StepContext, step_type: str) -> ApplyJob:

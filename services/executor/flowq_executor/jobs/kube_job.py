@@ -88,11 +88,11 @@ class KubeJobJob:
                 self.name, self.owned = previous, True
                 log.info("adopted the Job of the lost attempt", extra={"job": previous})
                 return
+        self.owned = True  # before the call: a cancel during it must still delete the Job
         try:
             await self.kube.create(self.manifest(), self.namespace)
         except ConflictError:
             log.info("the Job exists already; adopting it", extra={"job": self.name})
-        self.owned = True
 
     async def _wait(self) -> str:
         while True:
@@ -117,6 +117,16 @@ class KubeJobJob:
             pods[-1]["metadata"].get("namespace") or self.namespace or self.kube.default_namespace
         )
         return await self.kube.pod_log(namespace, pod, LOG_TAIL_LINES)
+
+    async def clean_abandoned(self) -> list[str]:
+        """For a task whose owner was lost: delete the Job of this step's last attempt."""
+        job = await self.kube.get("batch/v1", "Job", self.name, self.namespace)
+        creator = ((job or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY)
+        if creator == f"{self.ctx.task_id}/{self.ctx.step}" and await self.kube.delete(
+            "batch/v1", "Job", self.name, self.namespace
+        ):
+            return [f"Job/{self.name}"]
+        return []
 
     async def clean(self) -> None:
         """Delete the Job and its pods when this step started or adopted it."""

@@ -10,6 +10,7 @@ Configuration: FLOWQ_KUBECONFIG (or KUBECONFIG), else the in-cluster service acc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -98,8 +99,16 @@ class KubeClient:
             return fn(*args, **kwargs)
 
         loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, call)
         try:
-            return await loop.run_in_executor(self._pool, call)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: let the call in flight (bounded by its own
+                # deadline) finish, so that what it created is there when clean() looks.
+                with contextlib.suppress(Exception):
+                    await future
+                raise
         except dyn_errors.NotFoundError:
             raise
         except dyn_errors.ConflictError:
