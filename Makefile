@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/flowq up
 
+# Three workers: most tests wait on real processes, so three share two cores well.
+# PYTEST_ARGS="-n 0 -k ..." runs a selection serially.
+TEST_WORKERS ?= 3
+
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Regenerate the committed Python package flowq.v1 from protos/ (PROTO_OUT=dir writes elsewhere).
 proto: install
