@@ -131,3 +131,28 @@ def test_shell_steps_do_not_see_the_executors_settings(stack: Stack) -> None:
         "FLOWQ_TASK_ID",
         "FLOWQ_WORKFLOW",
     ]
+
+
+def test_grpc_watch_delivers_each_step_in_order_as_it_happens_and_ends(stack: Stack) -> None:
+    """Steps of 0.3 s: a watcher that polled SQL every 2 s (the fallback) would miss them;
+    the task-changes channel wakes it on every committed write."""
+    stack.put_workflow(
+        "three",
+        {
+            "steps": [
+                {"name": f"s{i}", "type": "sleep", "properties": {"seconds": 0.3}} for i in range(3)
+            ]
+        },
+    )
+    with stack.client() as flowq:
+        task_id = flowq.exec_workflow("demo", "three").task_id
+        seen = list(flowq.watch_task(task_id, timeout=30))  # the stream ends by itself
+    assert seen[-1].status == types_pb2.TASK_STATUS_SUCCEEDED
+    running = [
+        next(s.name for s in t.steps if s.status == types_pb2.STEP_STATUS_RUNNING)
+        for t in seen
+        if any(s.status == types_pb2.STEP_STATUS_RUNNING for s in t.steps)
+    ]
+    assert sorted(set(running), key=running.index) == ["s0", "s1", "s2"], running
+    done = [sum(s.status == types_pb2.STEP_STATUS_SUCCEEDED for s in t.steps) for t in seen]
+    assert done == sorted(done)  # never goes backwards

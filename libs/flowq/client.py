@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 from flowq import status as statuses
 from flowq.errors import FlowqError, InvalidArgumentError
 from flowq.grpcutil import CHANNEL_OPTIONS
+from flowq.tls import TlsFiles, channel
 from flowq.v1 import (
     queue_service_pb2 as queue_pb,
 )
@@ -111,10 +112,12 @@ class Client:
         queue_target: str = "127.0.0.1:50052",
         timeout: float = 30.0,
         token: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._tls = tls or TlsFiles()
+        self._channel = channel(target, self._tls, CHANNEL_OPTIONS)
         self._stub = pb_grpc.WorkflowServiceStub(self._channel)
         self._queue_target = queue_target
         self._queue_channel: grpc.Channel | None = None
@@ -235,7 +238,7 @@ class Client:
     @property
     def _queue(self) -> queue_grpc.QueueServiceStub:
         if self._queue_channel is None:
-            self._queue_channel = grpc.insecure_channel(self._queue_target, options=CHANNEL_OPTIONS)
+            self._queue_channel = channel(self._queue_target, self._tls, CHANNEL_OPTIONS)
         return queue_grpc.QueueServiceStub(self._queue_channel)
 
     def queue_stats(self) -> queue_pb.QueueStats:

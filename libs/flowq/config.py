@@ -14,7 +14,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from flowq.errors import ConfigError
+from flowq.tls import TlsFiles
 
+#: Never echoed back, not even in a configuration error.
+SECRET_VARIABLES = frozenset({"FLOWQ_API_TOKENS", "FLOWQ_INTERNAL_TOKEN"})
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 # Default gRPC and metrics ports by service role.
@@ -59,6 +62,36 @@ def _dns_label(raw: str) -> str:
     if not DNS_LABEL_RE.match(raw):
         raise ValueError("expected a Kubernetes namespace name (lowercase letters, digits, '-')")
     return raw
+
+
+def _readable_file(raw: str) -> str:
+    path = raw.strip()
+    if path and not os.access(path, os.R_OK):
+        raise ValueError("no readable file there")
+    return path
+
+
+def _token(raw: str) -> str:
+    value = raw.strip()
+    if value and (len(value) < 16 or any(c.isspace() or c == "," for c in value)):
+        raise ValueError("a token needs at least 16 characters, without spaces or commas")
+    return value
+
+
+def _tokens(raw: str) -> tuple[str, ...]:
+    """Comma-separated tokens, or `@/path/to/file` with one per line (# comments)."""
+    text = raw.strip()
+    if text.startswith("@"):
+        try:
+            with open(text[1:]) as f:
+                items = [line.split("#", 1)[0].strip() for line in f]
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file: {exc.strerror}") from None
+        if not any(items):
+            raise ValueError("the token file holds no token")
+    else:
+        items = text.split(",")
+    return tuple(_token(item) for item in items if item.strip())
 
 
 def _url(*schemes: str) -> Callable[[str], str]:
@@ -115,6 +148,18 @@ class Settings:
     kubeconfig: str
     #: Executor: the namespace of Kubernetes steps that name none.
     kube_namespace: str
+    #: Bearer tokens every gRPC call (and REST request) must carry; empty = no auth.
+    api_tokens: tuple[str, ...]
+    #: The token the dispatcher presents to executors (also accepted everywhere).
+    internal_token: str
+    #: Whether /metrics needs a bearer token too (when tokens are set).
+    metrics_auth: bool
+    #: PEM files: this process's certificate and key (TLS on its gRPC and HTTP ports, and the
+    #: identity it presents to other flowq services), and the CA it trusts; a CA set on a
+    #: server means clients must present a certificate it signed (mTLS).
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
 
     @classmethod
     def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -155,6 +200,12 @@ class Settings:
             "log_level": ("FLOWQ_LOG_LEVEL", _log_level, "INFO"),
             "kubeconfig": ("FLOWQ_KUBECONFIG", str, env.get("KUBECONFIG", "")),
             "kube_namespace": ("FLOWQ_KUBE_NAMESPACE", _dns_label, "default"),
+            "api_tokens": ("FLOWQ_API_TOKENS", _tokens, ""),
+            "internal_token": ("FLOWQ_INTERNAL_TOKEN", _token, ""),
+            "metrics_auth": ("FLOWQ_METRICS_AUTH", _bool, "false"),
+            "tls_cert": ("FLOWQ_TLS_CERT", _readable_file, ""),
+            "tls_key": ("FLOWQ_TLS_KEY", _readable_file, ""),
+            "tls_ca": ("FLOWQ_TLS_CA", _readable_file, ""),
         }
         values: dict[str, Any] = {"role": role}
         problems: list[str] = []
@@ -163,11 +214,18 @@ class Settings:
             try:
                 values[attr] = parse(raw)
             except ValueError as exc:
-                problems.append(f"{var}={raw!r}: {exc}")
+                shown = "<hidden>" if var in SECRET_VARIABLES else repr(raw)
+                problems.append(f"{var}={shown}: {exc}")
         if not problems and values["heartbeat_seconds"] >= values["lease_ttl_seconds"]:
             problems.append(
                 "FLOWQ_HEARTBEAT_SECONDS must be smaller than FLOWQ_LEASE_TTL_SECONDS "
                 f"({values['heartbeat_seconds']} >= {values['lease_ttl_seconds']})"
+            )
+        if not problems and bool(values["tls_cert"]) != bool(values["tls_key"]):
+            problems.append("FLOWQ_TLS_CERT and FLOWQ_TLS_KEY go together: set both or neither")
+        if not problems and values["tls_ca"] and not values["tls_cert"]:
+            problems.append(
+                "FLOWQ_TLS_CA needs FLOWQ_TLS_CERT and FLOWQ_TLS_KEY (the server's own certificate)"
             )
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
@@ -178,7 +236,23 @@ class Settings:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("database_url", "redis_url"):
             out[key] = _mask_password(out[key])
+        out["api_tokens"] = f"<{len(self.api_tokens)} tokens>"
+        out["internal_token"] = "<set>" if self.internal_token else ""
         return out
+
+    @property
+    def accepted_tokens(self) -> tuple[str, ...]:
+        """What this service accepts as a bearer token; empty = no authentication."""
+        return self.api_tokens + ((self.internal_token,) if self.internal_token else ())
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca)
+
+    @property
+    def outgoing_token(self) -> str:
+        """What this service presents to others (the dispatcher to executors)."""
+        return self.internal_token or (self.api_tokens[0] if self.api_tokens else "")
 
 
 def _mask_password(url: str) -> str:

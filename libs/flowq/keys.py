@@ -27,5 +27,10 @@ class Keys:
         return f"{self.prefix}:cancel"
 
     @property
+    def task_changes(self) -> str:
+        """Pub/sub channel: the id of a task whose state just changed (wakes watchers)."""
+        return f"{self.prefix}:task-changes"
+
+    @property
     def group(self) -> str:
         return CONSUMER_GROUP

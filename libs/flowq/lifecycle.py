@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from flowq.auth import AuthInterceptor, TokenChecker
 from flowq.config import Settings
 from flowq.errors import ConfigError
 from flowq.grpcutil import SERVER_OPTIONS, ErrorInterceptor
@@ -67,7 +70,7 @@ class Service(ABC):
 
     def http_app(self, grpc_target: str) -> ASGIApp:
         """The HTTP app; by default only /metrics."""
-        return Starlette(routes=[metrics_route])
+        return Starlette(routes=[metrics_route(self.settings)])
 
     async def start(self, loops: Supervisor) -> None:  # noqa: B027 - optional hook
         """Open pools and start background loops (through `loops`)."""
@@ -140,6 +143,7 @@ class Runner:
         self._stop = asyncio.Event()
         self._signals = 0
         self._ready: bool | None = None
+        self._socket_dir = ""
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -186,7 +190,10 @@ class Runner:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
 
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        checker = TokenChecker(self.settings.accepted_tokens)
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(), AuthInterceptor(checker)], options=SERVER_OPTIONS
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = list(self.service.add_to_server(server))
         reflection.enable_server_reflection(
@@ -197,20 +204,30 @@ class Runner:
             ],
             server,
         )
+        tls = self.settings.tls
+        address = f"0.0.0.0:{self.settings.grpc_port}"
         try:
-            grpc_port = server.add_insecure_port(f"0.0.0.0:{self.settings.grpc_port}")
+            if tls.serving:
+                grpc_port = server.add_secure_port(address, tls.server_credentials())
+            else:
+                grpc_port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot listen for gRPC on port {self.settings.grpc_port} ({exc}); is another process using it? "
                 "Stop it or set FLOWQ_GRPC_PORT"
             ) from None
+        # The REST gateway reaches this server through a private Unix socket (a directory only
+        # this user can enter): no TLS to terminate twice, no client certificate to present.
+        self._socket_dir = tempfile.mkdtemp(prefix="flowq-grpc-")
+        loopback = f"unix:{self._socket_dir}/grpc.sock"
+        server.add_insecure_port(loopback)
         http_socket = _listen(self.service.http_port)
         await self.health.set("", NOT_SERVING)
         await self.health.set(self.service.health_name, NOT_SERVING)
 
         http = _QuietUvicorn(
             uvicorn.Config(
-                self.service.http_app(f"127.0.0.1:{grpc_port}"),
+                self.service.http_app(loopback),
                 host="0.0.0.0",
                 port=self.service.http_port,
                 log_config=None,
@@ -219,6 +236,7 @@ class Runner:
                 http=_H11WithHeaderTimeout,
                 timeout_keep_alive=5,
                 timeout_graceful_shutdown=int(self.settings.shutdown_grace_seconds),
+                **tls.uvicorn_options(),
             )
         )
         http_task: asyncio.Task[None] | None = None
@@ -265,6 +283,7 @@ class Runner:
         )
         await self.loops.stop()
         await self.service.stop()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
         log.info("drain finished", extra={"drain_seconds": round(time.monotonic() - started, 3)})
 
 

@@ -18,6 +18,24 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def free_ports(count: int, host: str = LOCALHOST) -> list[int]:
+    """`count` different free ports (each stays bound until all are chosen, so none repeats)."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("0.0.0.0" if host == LOCALHOST else host, free_port(host)))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def free_port(host: str = LOCALHOST) -> int:
     """A TCP port that nothing uses right now, chosen below the kernel's ephemeral range.
 

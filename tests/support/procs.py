@@ -29,6 +29,8 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from flowq.tls import TlsFiles, channel
+
 from . import proctree
 
 GROUP_ENV = "FLOWQ_TEST_PROCESS_GROUP"
@@ -110,7 +112,9 @@ class ServiceProcess:
 
     # -- waiting ----------------------------------------------------------------------
 
-    def wait_healthy(self, target: str, service: str = "", timeout: float = 30.0) -> None:
+    def wait_healthy(
+        self, target: str, service: str = "", timeout: float = 30.0, tls: TlsFiles | None = None
+    ) -> None:
         """Poll Health/Check on `target` until `service` is SERVING.
 
         Raises ServiceProcessError, with the last log lines, on timeout or if the process exits.
@@ -118,8 +122,8 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         request = health_pb2.HealthCheckRequest(service=service)
-        with grpc.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+        with channel(target, tls or TlsFiles(), _CHANNEL_OPTIONS) as chan:
+            stub = health_pb2_grpc.HealthStub(chan)
             while True:
                 if not self.running():
                     raise self._error(f"exited with {self.returncode} before it was healthy")

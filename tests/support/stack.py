@@ -7,13 +7,13 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowq.client import Client
 from flowq.db.migrate import upgrade
-from flowq.netutil import free_port
+from flowq.netutil import free_ports
+from flowq.tls import TlsFiles, channel
 
 from .procs import ProcessGroup, ServiceProcess
 
@@ -37,6 +37,8 @@ class Stack:
     http_port: int = 0
     metrics_ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    #: What the test's own clients present and trust when the services serve TLS.
+    client_tls: TlsFiles | None = None
 
     @property
     def names(self) -> list[str]:
@@ -75,15 +77,18 @@ class Stack:
         if ready:
             upgrade(self.database_url)
         if not self.grpc_ports:
-            self.grpc_ports = {name: free_port() for name in self.names}
-            self.metrics_ports = {name: free_port() for name in self.names}
-            self.http_port = free_port()
+            ports = free_ports(2 * len(self.names) + 1)
+            self.grpc_ports = dict(zip(self.names, ports, strict=False))
+            self.metrics_ports = dict(zip(self.names, ports[len(self.names) :], strict=False))
+            self.http_port = ports[-1]
         for name in roles or self.names:
             role = name.split("-")[0]
             self.processes[name] = self.procs.start_service(role, self.env(name), name=name)
         for name in roles or self.names:
             health = HEALTH_NAMES[name.split("-")[0]] if ready else ""
-            self.processes[name].wait_healthy(self.target(name), health, timeout=60)
+            self.processes[name].wait_healthy(
+                self.target(name), health, timeout=60, tls=self.client_tls
+            )
         return self
 
     def owner_process(self, owner_id: str) -> tuple[str, ServiceProcess]:
@@ -101,8 +106,8 @@ class Stack:
     def health(self, role: str, service: str | None = None) -> str:
         """SERVING / NOT_SERVING of `service` (the role's own name by default) on that process."""
         name = HEALTH_NAMES[role.split("-")[0]] if service is None else service
-        with grpc.insecure_channel(self.target(role)) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+        with channel(self.target(role), self.client_tls or TlsFiles(), []) as chan:
+            reply = health_pb2_grpc.HealthStub(chan).Check(
                 health_pb2.HealthCheckRequest(service=name), timeout=5
             )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -122,7 +127,7 @@ class Stack:
 
     def client(self) -> Client:
         """A typed client of this stack's apiserver and dispatcher."""
-        return Client(self.target(), queue_target=self.target("dispatcher"))
+        return Client(self.target(), queue_target=self.target("dispatcher"), tls=self.client_tls)
 
     @property
     def base_url(self) -> str:

@@ -12,6 +12,7 @@ from rich.live import Live
 from flowq.cli import render
 from flowq.client import Client, ClientError, load_workflows
 from flowq.errors import FlowqError
+from flowq.tls import TlsFiles
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -53,8 +54,35 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-def cli() -> None:
+@click.option(
+    "--token",
+    envvar="FLOWQ_TOKEN",
+    default="",
+    help="bearer token, when the servers have FLOWQ_API_TOKENS set (FLOWQ_TOKEN)",
+)
+@click.option(
+    "--tls-ca",
+    envvar="FLOWQ_TLS_CA",
+    default="",
+    help="CA that signed the servers' certificates; TLS on (FLOWQ_TLS_CA)",
+)
+@click.option(
+    "--tls-cert",
+    envvar="FLOWQ_TLS_CERT",
+    default="",
+    help="client certificate for servers that require one (FLOWQ_TLS_CERT)",
+)
+@click.option("--tls-key", envvar="FLOWQ_TLS_KEY", default="", help="its key (FLOWQ_TLS_KEY)")
+@click.pass_context
+def cli(ctx: click.Context, token: str, tls_ca: str, tls_cert: str, tls_key: str) -> None:
     """flowq: durable application-delivery workflows."""
+    ctx.obj = {"token": token or None, "tls": TlsFiles(tls_cert, tls_key, tls_ca)}
+
+
+def _client(server: str = "127.0.0.1:50051", queue_server: str = "127.0.0.1:50052") -> Client:
+    """A client with the group's --token and TLS files."""
+    obj = click.get_current_context().find_root().obj or {}
+    return Client(server, queue_target=queue_server, token=obj.get("token"), tls=obj.get("tls"))
 
 
 @cli.command()
@@ -98,7 +126,7 @@ def db_upgrade(revision: str) -> None:
 def apply(path: click.utils.LazyFile, app_id: str | None, server: str) -> None:
     """Create or replace the workflows in FILE."""
     workflows = load_workflows(path.read(), app_id)
-    with Client(server) as flowq:
+    with _client(server) as flowq:
         for workflow in workflows:
             saved = flowq.put_workflow(workflow)
             console.print(f"workflow {saved.app_id}/{saved.name} version {saved.version} applied")
@@ -114,7 +142,7 @@ def apply(path: click.utils.LazyFile, app_id: str | None, server: str) -> None:
 @server_option
 def exec_(app_id: str, workflow: str, wait: bool, idempotency_key: str, server: str) -> None:
     """Start a task of WORKFLOW in application APP_ID."""
-    with Client(server) as flowq:
+    with _client(server) as flowq:
         task = flowq.exec_workflow(app_id, workflow, idempotency_key)
         console.print(f"task {task.task_id} {render.task_status(task)}")
         if wait:
@@ -127,7 +155,7 @@ def exec_(app_id: str, workflow: str, wait: bool, idempotency_key: str, server: 
 @server_option
 def get(task_id: str, output: str, server: str) -> None:
     """Show a task with its steps, output tails and events."""
-    with Client(server) as flowq:
+    with _client(server) as flowq:
         task = flowq.get_task(task_id)
     if output == "json":
         click.echo(render.as_json(task))
@@ -140,7 +168,7 @@ def get(task_id: str, output: str, server: str) -> None:
 @server_option
 def watch(task_id: str, server: str) -> None:
     """Follow a task until it ends; exit 1 unless it succeeded."""
-    with Client(server) as flowq:
+    with _client(server) as flowq:
         _follow(flowq, task_id)
 
 
@@ -191,7 +219,7 @@ def _live_view(task: render.types_pb2.Task) -> object:
 @server_option
 def cancel(task_id: str, reason: str, user: str, server: str) -> None:
     """Cancel a task (QUEUED: at once; RUNNING: its owner stops it)."""
-    with Client(server) as flowq:
+    with _client(server) as flowq:
         task = flowq.get_task(task_id)
         task = flowq.cancel_task(task.app_id, task_id, reason, user)
     console.print(
@@ -216,7 +244,7 @@ def tasks(
     app_id: str, workflow: str, status: str | None, limit: int, output: str, server: str
 ) -> None:
     """List tasks, newest first (of APP_ID, or of every application)."""
-    with Client(server) as flowq:
+    with _client(server) as flowq:
         items = flowq.list_tasks(app_id, workflow_name=workflow, status=status, limit=limit)
     if output == "json":
         click.echo("[" + ",\n".join(render.as_json(t) for t in items) + "]")
@@ -233,7 +261,7 @@ def queue() -> None:
 @queue_option
 def queue_stats(queue_server: str) -> None:
     """Backlog, pending entries, dead letters and consumers."""
-    with Client(queue_target=queue_server) as flowq:
+    with _client(queue_server=queue_server) as flowq:
         render.show_queue_stats(console, flowq.queue_stats())
 
 
@@ -248,7 +276,7 @@ def dlq() -> None:
 @queue_option
 def dlq_list(limit: int, output: str, queue_server: str) -> None:
     """Dead letters, newest first, with reason and attempts."""
-    with Client(queue_target=queue_server) as flowq:
+    with _client(queue_server=queue_server) as flowq:
         letters = flowq.list_dead_letters(limit)
     if output == "json":
         click.echo("[" + ",\n".join(render.as_json(d) for d in letters) + "]")
@@ -262,7 +290,7 @@ def dlq_list(limit: int, output: str, queue_server: str) -> None:
 @queue_option
 def dlq_replay(ids: tuple[str, ...], everything: bool, queue_server: str) -> None:
     """Put dead letters IDS (or --all) back on the dispatch stream."""
-    with Client(queue_target=queue_server) as flowq:
+    with _client(queue_server=queue_server) as flowq:
         console.print(f"replayed {flowq.replay_dead_letters(list(ids), everything)}")
 
 
@@ -278,7 +306,7 @@ def dlq_purge(ids: tuple[str, ...], everything: bool, yes: bool, queue_server: s
             f"delete {'every dead letter' if everything else f'{len(ids)} dead letters'} for good?",
             abort=True,
         )
-    with Client(queue_target=queue_server) as flowq:
+    with _client(queue_server=queue_server) as flowq:
         console.print(f"purged {flowq.purge_dead_letters(list(ids), everything)}")
 
 

@@ -128,7 +128,7 @@ class _Gateway:
             return _json(err.http_status, err.body(), {**headers, **err.headers})
         except grpc.RpcError as err:
             status, body = rpc_error_body(err)
-            return _json(status, body, headers)
+            return _json(status, body, {**headers, **_challenge(status)})
         except ClientDisconnect:
             return Response(status_code=499, headers=headers)
         except Exception:
@@ -238,7 +238,7 @@ class _NdjsonStream(Response):
             message = await self._call.read()
         except grpc.RpcError as err:
             status, body = rpc_error_body(err)
-            await _json(status, body, self._headers)(scope, receive, send)
+            await _json(status, body, {**self._headers, **_challenge(status)})(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
@@ -278,3 +278,8 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
     logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
     return _json(500, _internal_body(request_id), {REQUEST_ID_HEADER: request_id})
+
+
+def _challenge(status: int) -> dict[str, str]:
+    """RFC 6750: a 401 says which scheme to use."""
+    return {"WWW-Authenticate": "Bearer"} if status == 401 else {}

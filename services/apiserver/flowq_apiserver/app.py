@@ -11,6 +11,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from flowq import stream
+from flowq.changes import ChangeListener
 from flowq.config import Settings
 from flowq.db import Database
 from flowq.grpcutil import CHANNEL_OPTIONS
@@ -18,6 +19,7 @@ from flowq.keys import Keys
 from flowq.lifecycle import Service
 from flowq.metrics import metrics_route
 from flowq.rest import build_gateway
+from flowq.supervise import Supervisor
 from flowq.v1 import workflow_service_pb2, workflow_service_pb2_grpc
 from flowq_apiserver.servicer import WorkflowServicer
 
@@ -33,14 +35,22 @@ class ApiServer(Service):
         self.db = Database(settings.database_url)
         self.redis = stream.connect(settings.redis_url)
         self._channel: grpc.aio.Channel | None = None
+        self.changes = ChangeListener(self.redis, self.keys)
 
     @property
     def http_port(self) -> int:
         return self.settings.http_port
 
+    async def start(self, loops: Supervisor) -> None:
+        loops.spawn("task-changes", self.changes.run)
+
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         servicer = WorkflowServicer(
-            self.db, self.redis, self.keys, shell_allowed=self.settings.executor_allow_shell
+            self.db,
+            self.redis,
+            self.keys,
+            self.changes,
+            shell_allowed=self.settings.executor_allow_shell,
         )
         workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(servicer, server)
         return [SERVICE.full_name]
@@ -52,7 +62,7 @@ class ApiServer(Service):
             self._channel,
             [SERVICE],
             extra_routes=[
-                metrics_route,
+                metrics_route(self.settings),
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/readyz", self._readyz, methods=["GET"]),
             ],

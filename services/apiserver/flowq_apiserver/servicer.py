@@ -8,6 +8,7 @@ import grpc
 import redis.asyncio as aioredis
 from google.protobuf import empty_pb2
 
+from flowq.changes import ChangeListener
 from flowq.db import Database
 from flowq.keys import Keys
 from flowq.v1 import types_pb2
@@ -18,8 +19,15 @@ from flowq_apiserver import tasks, workflows
 
 class WorkflowServicer(pb_grpc.WorkflowServiceServicer):
     def __init__(
-        self, db: Database, redis: aioredis.Redis, keys: Keys, *, shell_allowed: bool
+        self,
+        db: Database,
+        redis: aioredis.Redis,
+        keys: Keys,
+        changes: ChangeListener,
+        *,
+        shell_allowed: bool,
     ) -> None:
+        self.changes = changes
         self.db = db
         self.redis = redis
         self.keys = keys
@@ -110,5 +118,5 @@ class WorkflowServicer(pb_grpc.WorkflowServiceServicer):
     async def WatchTask(
         self, request: pb.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[types_pb2.Task]:
-        async for task in tasks.watch_task(self.db.session, request.task_id):
+        async for task in tasks.watch_task(self.db.session, self.changes, request.task_id):
             yield task

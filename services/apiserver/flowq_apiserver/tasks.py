@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flowq import status
+from flowq.changes import ChangeListener
 from flowq.db import StepRunRow, TaskEventRow, TaskRow, WorkflowRow, new_task_id, update, utcnow
 from flowq.db.queries import settle_steps
 from flowq.errors import (
@@ -34,8 +36,7 @@ from flowq_apiserver.validation import check_name
 log = logging.getLogger(__name__)
 
 # WatchTask re-reads the task quickly after a change and slows down while nothing changes.
-WATCH_POLL_MIN_SECONDS = 0.05
-WATCH_POLL_MAX_SECONDS = 0.5
+WATCH_FALLBACK_SECONDS = 2.0
 
 
 async def exec_workflow(
@@ -138,6 +139,9 @@ async def exec_workflow(
         if existing is None:
             raise
         return await _same_request(session, existing, workflow_name)
+    # The reply is the task as stored (QUEUED): read before the XADD, since an executor may
+    # claim it the moment it is enqueued.
+    reply = await get_task(session, task.id)
     try:
         await enqueue(redis, keys, Envelope.new(task.id, attempt=1))
     except (RedisError, OSError) as exc:
@@ -145,7 +149,7 @@ async def exec_workflow(
             "task stored but not enqueued; the dispatcher's sweep will enqueue it",
             extra={"task_id": task.id, "error": str(exc)},
         )
-    return await get_task(session, task.id)
+    return reply
 
 
 async def cancel_task(
@@ -189,6 +193,7 @@ async def cancel_task(
             )
         )
         await session.commit()
+        await _announce_change(redis, keys, task_id)
         return await get_task(session, task_id)
     flagged = await session.execute(
         update(TaskRow)
@@ -214,7 +219,14 @@ async def cancel_task(
             "cancel not published; the owner will see the flag",
             extra={"task_id": task_id, "error": str(exc)},
         )
+    await _announce_change(redis, keys, task_id)
     return await get_task(session, task_id)
+
+
+async def _announce_change(redis: aioredis.Redis, keys: Keys, task_id: str) -> None:
+    """Wake the task's watchers on every apiserver (best effort: they also read SQL now and then)."""
+    with contextlib.suppress(RedisError, OSError):
+        await redis.publish(keys.task_changes, task_id)
 
 
 async def get_task(session: AsyncSession, task_id: str) -> types_pb2.Task:
@@ -266,24 +278,28 @@ async def list_tasks(
 
 
 async def watch_task(
-    sessions: async_sessionmaker[AsyncSession], task_id: str
+    sessions: async_sessionmaker[AsyncSession], changes: ChangeListener, task_id: str
 ) -> AsyncIterator[types_pb2.Task]:
-    """Yield the task now and on every change, until it ends."""
+    """Yield the task now and on every change, until it ends.
+
+    The task is read again when its change is published on the task-changes channel, and at
+    least every WATCH_FALLBACK_SECONDS (a lost message only delays an update). Changes that
+    come faster than a read are seen together: the last state is always delivered.
+    """
     last: bytes | None = None
-    interval = WATCH_POLL_MIN_SECONDS
-    while True:
-        async with sessions() as session:
-            task = await get_task(session, task_id)
-        snapshot = task.SerializeToString(deterministic=True)
-        if snapshot != last:
-            last = snapshot
-            interval = WATCH_POLL_MIN_SECONDS
-            yield task
-        else:
-            interval = min(WATCH_POLL_MAX_SECONDS, interval * 1.5)
-        if status.task_status_from_proto(task.status) in status.TERMINAL_TASK_STATUSES:
-            return
-        await asyncio.sleep(interval)
+    with changes.watching(task_id) as changed:
+        while True:
+            changed.clear()  # before the read: a change during it wakes the next wait at once
+            async with sessions() as session:
+                task = await get_task(session, task_id)
+            snapshot = task.SerializeToString(deterministic=True)
+            if snapshot != last:
+                last = snapshot
+                yield task
+            if status.task_status_from_proto(task.status) in status.TERMINAL_TASK_STATUSES:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), WATCH_FALLBACK_SECONDS)
 
 
 async def _load(session: AsyncSession, task_id: str) -> TaskRow:

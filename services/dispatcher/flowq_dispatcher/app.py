@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
-from flowq import stream
+from flowq import stream, tls
+from flowq.auth import bearer_metadata
 from flowq.config import Settings
 from flowq.db import Database
 from flowq.errors import FlowqError, ResourceExhaustedError, UnavailableError
@@ -75,6 +76,8 @@ class Dispatcher(Service):
         self.channel: grpc.aio.Channel | None = None
         self.consumer = Consumer(settings, self.db, self.redis, self.keys, self._run_task)
         self.loops: Supervisor | None = None
+        # What executors see from us: FLOWQ_INTERNAL_TOKEN, or else the first API token.
+        self.metadata = bearer_metadata(settings.outgoing_token)
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         queue_service_pb2_grpc.add_QueueServiceServicer_to_server(
@@ -83,8 +86,8 @@ class Dispatcher(Service):
         return [SERVICE.full_name]
 
     async def start(self, loops: Supervisor) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            self.settings.executor_target, options=CHANNEL_OPTIONS
+        self.channel = tls.aio_channel(
+            self.settings.executor_target, self.settings.tls, CHANNEL_OPTIONS
         )
         self.executor = executor_service_pb2_grpc.ExecutorServiceStub(self.channel)
         self.loops = loops
@@ -100,6 +103,7 @@ class Dispatcher(Service):
             reply = await self.executor.RunTask(
                 executor_service_pb2.RunTaskRequest(task_id=task_id, attempt=attempt),
                 timeout=EXECUTOR_CALL_TIMEOUT_SECONDS,
+                metadata=self.metadata,
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
@@ -113,6 +117,12 @@ class Dispatcher(Service):
                 grpc.StatusCode.CANCELLED,
             ):
                 raise UnavailableError(f"executor {code.name}: {exc.details()}") from None
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                # Our configuration, not the task: never counts toward dead-lettering.
+                raise UnavailableError(
+                    f"executor {code.name}: it refuses this dispatcher's token; give dispatchers "
+                    "and executors the same FLOWQ_INTERNAL_TOKEN"
+                ) from None
             raise ExecutorFailedError(f"executor {code.name}: {exc.details()}") from None
         EXECUTOR_CALLS.labels(code="OK").inc()
         EXECUTOR_CALL_SECONDS.observe(time.perf_counter() - started)
@@ -122,6 +132,7 @@ class Dispatcher(Service):
         reply = await self.executor.CleanTask(
             executor_service_pb2.CleanTaskRequest(task_id=task_id),
             timeout=CLEAN_CALL_TIMEOUT_SECONDS,
+            metadata=self.metadata,
         )
         return list(reply.deleted)
 

@@ -39,6 +39,7 @@ class Executor(Service):
         # RunTask answers UNAVAILABLE until the first renewal: no claim is ever without a lease.
         loops.spawn("heartbeat", self.runner.heartbeat_loop)
         loops.spawn("cancel-listener", self.runner.cancel_listener_loop)
+        loops.spawn("task-changes", self.runner.changes.run)
 
     async def check_ready(self) -> None:
         await self.db.ping()

@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from google.protobuf import json_format
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from flowq import status
 from flowq.db import Database, utcnow
@@ -74,12 +75,21 @@ class TaskController:
     #: Called when the task ended or was handed back; the runner frees the slot.
     on_done: Callable[[], None] = lambda: None
     kube: KubeClient | None = None
+    #: Told the task id after every committed write (wakes WatchTask callers at once).
+    on_change: Callable[[str], None] = lambda _task_id: None
     stop: _Stop = field(default_factory=_Stop)
     _steps: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
 
     @property
     def fence(self) -> repository.Fence:
         return self.claimed.fence
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
+        """A session for one write; watchers hear of it once it is committed."""
+        async with self.db.session() as session:
+            yield session
+        self.on_change(self.fence.task_id)
 
     def request_stop(self, reason: str, message: str = "") -> None:
         """Stop every running step now (cancel, timeout, release, fence moved).
@@ -120,7 +130,7 @@ class TaskController:
             )
         except (json_format.ParseError, TypeError, ValueError) as exc:
             # Not transient: handing it back would only fail again elsewhere. Fail it, saying why.
-            async with self.db.session() as s:
+            async with self._writing() as s:
                 await repository.finish_task(
                     s,
                     self.fence,
@@ -177,7 +187,7 @@ class TaskController:
                 if any(states.get(d) in FAILED_LIKE for d in plan.deps[step.name]):
                     waiting.remove(step)
                     states[step.name] = status.SKIPPED
-                    async with self.db.session() as s:
+                    async with self._writing() as s:
                         await repository.update_step(
                             s,
                             self.fence,
@@ -240,7 +250,7 @@ class TaskController:
             props = plain_properties(step.properties)
             for n in range(1, allowed + 1):
                 attempt = prior_attempts + n
-                async with self.db.session() as s:
+                async with self._writing() as s:
                     await repository.update_step(
                         s,
                         self.fence,
@@ -283,7 +293,7 @@ class TaskController:
                 except asyncio.CancelledError:
                     await self._clean(step, job)
                     if self.stop.reason in ("fail-fast", "cancelled", "timeout"):
-                        async with self.db.session() as s:
+                        async with self._writing() as s:
                             await repository.update_step(
                                 s,
                                 self.fence,
@@ -296,7 +306,7 @@ class TaskController:
                             )
                     raise
                 else:
-                    async with self.db.session() as s:
+                    async with self._writing() as s:
                         await repository.update_step(
                             s,
                             self.fence,
@@ -311,7 +321,7 @@ class TaskController:
                 await self._clean(step, job)
                 if n < allowed:
                     delay = step.retry.backoff_seconds * (2 ** (n - 1)) * random.uniform(0.8, 1.2)
-                    async with self.db.session() as s:
+                    async with self._writing() as s:
                         await repository.update_step(
                             s,
                             self.fence,
@@ -323,7 +333,7 @@ class TaskController:
                         )
                     await asyncio.sleep(delay)
                     continue
-                async with self.db.session() as s:
+                async with self._writing() as s:
                     await repository.update_step(
                         s,
                         self.fence,
@@ -348,7 +358,7 @@ class TaskController:
         except Exception as exc:  # noqa: BLE001 - recorded, never hides the step's own error
             log.warning("clean failed", extra={"error": str(exc)})
             with contextlib.suppress(FencedError):
-                async with self.db.session() as s:
+                async with self._writing() as s:
                     await repository.update_step(
                         s,
                         self.fence,
@@ -381,6 +391,6 @@ class TaskController:
             message = f"step {name!r} failed: {error}"
         else:
             final, why, message = status.SUCCEEDED, "", ""
-        async with self.db.session() as s:
+        async with self._writing() as s:
             await repository.finish_task(s, self.fence, final, why, message)
         log.info("task finished", extra={"status": final, "reason": why})

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from flowq import status, stream
 from flowq.backoff import Backoff
+from flowq.changes import ChangeNotifier
 from flowq.config import Settings
 from flowq.db import Database, utcnow
 from flowq.errors import ResourceExhaustedError, UnavailableError
@@ -70,6 +71,7 @@ class TaskRunner:
         self.has_lease = False  # no task is claimed before the first lease renewal
         # Connects on first use: an executor that never runs a Kubernetes step needs no cluster.
         self.kube = KubeClient(settings.kubeconfig, settings.kube_namespace)
+        self.changes = ChangeNotifier(redis, keys)
 
     # -- RunTask -------------------------------------------------------------------------------
 
@@ -115,7 +117,9 @@ class TaskRunner:
             hand_back=self.hand_back,
             on_done=lambda: self._done(task_id),
             kube=self.kube,
+            on_change=self.changes.changed,
         )
+        self.changes.changed(task_id)  # RUNNING, claimed
         self._slots[task_id] = controller
         if claimed.cancel_requested:  # cancelled while it waited to be recovered: no step starts
             controller.request_stop("cancelled", "cancelled on request")
@@ -170,6 +174,7 @@ class TaskRunner:
                     await asyncio.sleep(backoff.next())
             if released is None:
                 return  # the fence moved: someone else has the task
+            self.changes.changed(fence.task_id)
             if released == status.FAILED:
                 TASKS_GAVE_UP.inc()
                 log.error("task failed: it kept failing on executors", extra={"why": why})

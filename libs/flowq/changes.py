@@ -1,0 +1,101 @@
+"""Task-change notifications, so watchers wait on Redis pub/sub instead of polling SQL.
+
+Writers (the executor after every committed write of a task, the apiserver after a cancel)
+publish the task id on the `<prefix>:task-changes` channel through a `ChangeNotifier`, which
+coalesces bursts per task and never blocks the writer. Each apiserver runs one
+`ChangeListener` subscription and wakes the watchers of that task. SQL stays the truth: a
+watcher re-reads the task on every wake-up, and at least every `fallback_seconds` in case a
+message was lost (Redis away), so a lost message only delays an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from flowq.backoff import Backoff
+from flowq.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class ChangeNotifier:
+    """Publishes changed task ids from a background loop; `changed()` never waits."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.channel = keys.task_changes
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def changed(self, task_id: str) -> None:
+        self._dirty.add(task_id)  # bounded by the tasks this process writes
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._dirty = self._dirty, set()
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for task_id in batch:
+                        pipe.publish(self.channel, task_id)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                # Watchers fall back to reading SQL now and then; nothing is lost.
+                log.debug("task changes not published", extra={"error": str(exc)})
+
+
+class ChangeListener:
+    """One subscription per process; `watching(task_id)` gives an Event set on each change."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.channel = keys.task_changes
+        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    @contextlib.contextmanager
+    def watching(self, task_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._watchers[task_id].add(event)
+        try:
+            yield event
+        finally:
+            self._watchers[task_id].discard(event)
+            if not self._watchers[task_id]:
+                del self._watchers[task_id]
+
+    def _wake(self, task_id: str) -> None:
+        for event in self._watchers.get(task_id, ()):
+            event.set()
+
+    async def run(self) -> None:
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                backoff.reset()
+                # Changes missed while unsubscribed: wake everyone to re-read once.
+                for task_id in list(self._watchers):
+                    self._wake(task_id)
+                while True:
+                    message = await pubsub.get_message(timeout=30.0)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "task-change channel lost; watchers read SQL every few seconds until it is back",
+                    extra={"error": str(exc), "channel": self.channel},
+                )
+                await asyncio.sleep(backoff.next())
+            finally:
+                await pubsub.aclose()
