@@ -21,7 +21,7 @@ def test_committed_generated_code_is_fresh(tmp_path: Path) -> None:
     committed = ROOT / "libs" / "flowq" / "v1"
     names = sorted(p.name for p in generated.iterdir() if p.is_file())
     assert names == sorted(
-        p.name for p in committed.iterdir() if p.is_file() and p.suffix in (".py", ".pyi")
+        p.name for p in committed.iterdir() if p.is_file() and p.suffix in (".py", ".pyi", ".binpb")
     )
     match, mismatch, errors = filecmp.cmpfiles(generated, committed, names, shallow=False)
     assert not mismatch and not errors, (

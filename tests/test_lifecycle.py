@@ -12,10 +12,13 @@ import time
 
 import grpc
 import httpx
+import psycopg
 
 from flowq.netutil import wait_port_closed
+from flowq.v1 import types_pb2
 from flowq.v1 import workflow_service_pb2 as pb
 from flowq.v1 import workflow_service_pb2_grpc as pb_grpc
+from tests.support.flows import eventually
 from tests.support.stack import Stack
 
 
@@ -171,3 +174,80 @@ def test_a_client_that_never_finishes_its_headers_is_dropped(
             rest = sock.recv(4096)
             assert rest == b"", rest  # closed by the server, nothing answered
             assert time.monotonic() - started < 10
+
+
+def _refuses_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except (ConnectionRefusedError, TimeoutError, OSError):
+            return True
+    return False
+
+
+def test_calls_in_flight_complete_during_the_drain_while_new_connections_are_refused(
+    procs, pg_database_url, redis_server_url, key_prefix
+) -> None:
+    """A REST watch and a gRPC call that is slow (its UPDATE waits on a row lock this test
+    holds) are both in flight when the apiserver gets SIGTERM: both finish normally, new
+    connections are refused meanwhile, the process exits 0, and its ports bind again at once."""
+    stack = Stack(
+        procs,
+        pg_database_url,
+        redis_server_url,
+        key_prefix,
+        extra_env={"FLOWQ_SHUTDOWN_GRACE_SECONDS": "20"},
+    ).start()
+    stack.put_workflow(
+        "short", {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 2}}]}
+    )
+    stack.put_workflow(
+        "long", {"steps": [{"name": "s", "type": "sleep", "properties": {"seconds": 60}}]}
+    )
+    with stack.client() as flowq:
+        watched = flowq.exec_workflow("demo", "short").task_id
+        locked = flowq.exec_workflow("demo", "long").task_id
+        eventually(lambda: flowq.get_task(locked).status == types_pb2.TASK_STATUS_RUNNING, 30)
+
+    lines: list[dict] = []
+
+    def watch() -> None:
+        url = f"{stack.base_url}/api/v1/tasks/{watched}:watch"
+        with httpx.stream("GET", url, timeout=60) as reply:
+            lines.extend(json.loads(line) for line in reply.iter_lines() if line)
+
+    slow: list[object] = []
+
+    def cancel() -> None:
+        with grpc.insecure_channel(stack.target()) as channel:
+            slow.append(
+                pb_grpc.WorkflowServiceStub(channel).CancelTask(
+                    pb.CancelTaskRequest(app_id="demo", task_id=locked, reason="drain test"),
+                    timeout=60,
+                )
+            )
+
+    with psycopg.connect(pg_database_url, autocommit=False) as lock:
+        lock.execute("SELECT id FROM tasks WHERE id = %s FOR UPDATE", (locked,))
+        threads = [threading.Thread(target=watch), threading.Thread(target=cancel)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)  # the cancel now waits on the lock; the watch streams
+        apiserver = stack.processes["apiserver"]
+        os.kill(apiserver.pid, signal.SIGTERM)
+        eventually(lambda: _refuses_connections(stack.grpc_ports["apiserver"]), 5, "gRPC refuses")
+        eventually(lambda: _refuses_connections(stack.http_port), 5, "HTTP refuses")
+        assert apiserver.running() and not slow  # still draining; the call still waits
+        lock.rollback()  # let the slow call finish
+    for thread in threads:
+        thread.join(timeout=30)
+    assert slow and slow[0].cancel_requested, slow  # the slow call completed normally
+    assert lines and lines[-1]["status"] == "TASK_STATUS_SUCCEEDED", lines
+    assert apiserver.wait_exit(timeout=30) == 0
+    for port in (stack.grpc_ports["apiserver"], stack.http_port):
+        with socket.socket() as sock:
+            # As a restarted flowq binds: SO_REUSEADDR, which TIME_WAIT connections allow.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", port))
+            sock.listen()

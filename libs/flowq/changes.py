@@ -21,8 +21,11 @@ from redis.exceptions import RedisError
 
 from flowq.backoff import Backoff
 from flowq.keys import Keys
+from flowq.supervise import beat
 
 log = logging.getLogger(__name__)
+
+IDLE_BEAT_SECONDS = 30.0  # loops wake at least this often, to show they are alive
 
 
 class ChangeNotifier:
@@ -40,8 +43,12 @@ class ChangeNotifier:
 
     async def run(self) -> None:
         while True:
-            await self._wake.wait()
+            beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), IDLE_BEAT_SECONDS)
             self._wake.clear()
+            if not self._dirty:
+                continue
             batch, self._dirty = self._dirty, set()
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
@@ -79,6 +86,7 @@ class ChangeListener:
     async def run(self) -> None:
         backoff = Backoff(base=0.2, cap=5.0)
         while True:
+            beat()
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
@@ -87,7 +95,8 @@ class ChangeListener:
                 for task_id in list(self._watchers):
                     self._wake(task_id)
                 while True:
-                    message = await pubsub.get_message(timeout=30.0)
+                    beat()
+                    message = await pubsub.get_message(timeout=IDLE_BEAT_SECONDS)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))

@@ -38,7 +38,7 @@ from flowq.errors import ConfigError
 from flowq.grpcutil import SERVER_OPTIONS, ErrorInterceptor
 from flowq.log import configure_logging
 from flowq.metrics import metrics_route
-from flowq.supervise import Supervisor
+from flowq.supervise import Supervisor, beat
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,18 @@ class Runner:
         NOT_SERVING if a loop that must live has ended, so the orchestrator restarts us."""
         alive = True
         while True:
+            beat()
             if alive and not self.loops.alive():
                 alive = self.service.live = False
                 log.error("a background loop ended; liveness NOT_SERVING")
+                await self.health.set("", NOT_SERVING)
+            wedged = self.loops.wedged()
+            if alive and wedged:
+                alive = self.service.live = False
+                log.error(
+                    "a background loop makes no progress; liveness NOT_SERVING",
+                    extra={"loops": wedged},
+                )
                 await self.health.set("", NOT_SERVING)
             try:
                 await asyncio.wait_for(self.service.check_ready(), timeout=5)
@@ -264,7 +273,13 @@ class Runner:
             await self._stop.wait()
         finally:
             await self._shutdown(server, http, http_task)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
         return 0
+
+    def request_stop(self) -> None:
+        """Start the graceful stop, as a first SIGTERM would (for embedding and tests)."""
+        self._stop.set()
 
     async def _shutdown(
         self, server: grpc.aio.Server, http: uvicorn.Server, http_task: asyncio.Task | None

@@ -14,6 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 # SQLite lets writers wait this long for a lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 15000
 CONNECT_TIMEOUT_SECONDS = 5
+# PostgreSQL: no statement runs (or waits for a lock) longer than this, and no session sits
+# idle inside a transaction longer than that; nothing waits forever.
+STATEMENT_TIMEOUT_MS = 30_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 
 
 def update(entity: Any) -> sqlalchemy.Update:
@@ -79,7 +83,11 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=pool_size // 2,
                 pool_timeout=10,
-                connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                connect_args={
+                    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+                },
             )
         self.engine = create_async_engine(async_url(url), **kwargs)
         if self.is_sqlite:

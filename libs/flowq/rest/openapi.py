@@ -8,10 +8,11 @@ strings, enums as their names, well-known types in their JSON forms. Messages an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from importlib import metadata
+from collections.abc import Iterable, Mapping
+from importlib import metadata, resources
 from typing import Any
 
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import (
     Descriptor,
     EnumDescriptor,
@@ -70,15 +71,23 @@ STATUS_SCHEMA = status_pb2.Status.DESCRIPTOR.full_name
 
 
 def openapi_document(
-    services: Iterable[ServiceDescriptor], title: str = "flowq", version: str | None = None
+    services: Iterable[ServiceDescriptor],
+    title: str = "flowq",
+    version: str | None = None,
+    comments: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every annotated method of `services`."""
+    """The OpenAPI 3.1 document of every annotated method of `services`, described by the
+    protos' own comments (from `comments`, else the packages' `descriptors.binpb`)."""
     services = list(services)
-    schemas = _Schemas()
+    if comments is None:
+        comments = {}
+        for package in {service.file.package for service in services}:
+            comments.update(package_comments(package))
+    schemas = _Schemas(comments)
     status_ref = schemas.message(status_pb2.Status.DESCRIPTOR)
     paths: dict[str, dict[str, Any]] = {}
     for route in compile_routes(services):
-        path, operation = _operation(route, schemas, status_ref)
+        path, operation = _operation(route, schemas, status_ref, comments)
         paths.setdefault(path, {})[route.http_method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -96,7 +105,59 @@ def _package_version() -> str:
         return "0.0.0"
 
 
-def _operation(route: Route, schemas: _Schemas, status_ref: dict) -> tuple[str, dict[str, Any]]:
+def package_comments(package: str) -> dict[str, str]:
+    """Leading comments by full proto name (messages, fields, enums, values, services,
+    methods), from the `descriptors.binpb` that `make proto` writes next to the generated
+    code (protoc `--include_source_info`); empty when there is none."""
+    try:
+        raw = resources.files(package).joinpath("descriptors.binpb").read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        return {}
+    found: dict[str, str] = {}
+    for file in descriptor_pb2.FileDescriptorSet.FromString(raw).file:
+        names = _names_by_path(file)
+        for location in file.source_code_info.location:
+            name = names.get(tuple(location.path))
+            text = " ".join(line.strip() for line in location.leading_comments.splitlines())
+            if name and text.strip():
+                found[name] = text.strip()
+    return found
+
+
+def _names_by_path(file: descriptor_pb2.FileDescriptorProto) -> dict[tuple[int, ...], str]:
+    """Source-code-info paths (message 4, nested 3, field 2, enum 5, value 2, service 6,
+    method 2) to full names."""
+    names: dict[tuple[int, ...], str] = {}
+
+    def enum(path: tuple[int, ...], prefix: str, e: descriptor_pb2.EnumDescriptorProto) -> None:
+        names[path] = f"{prefix}.{e.name}"
+        for j, value in enumerate(e.value):
+            names[(*path, 2, j)] = f"{prefix}.{e.name}.{value.name}"
+
+    def message(path: tuple[int, ...], prefix: str, m: descriptor_pb2.DescriptorProto) -> None:
+        full = f"{prefix}.{m.name}"
+        names[path] = full
+        for j, field in enumerate(m.field):
+            names[(*path, 2, j)] = f"{full}.{field.name}"
+        for j, nested in enumerate(m.nested_type):
+            message((*path, 3, j), full, nested)
+        for j, nested_enum in enumerate(m.enum_type):
+            enum((*path, 4, j), full, nested_enum)
+
+    for i, m in enumerate(file.message_type):
+        message((4, i), file.package, m)
+    for i, e in enumerate(file.enum_type):
+        enum((5, i), file.package, e)
+    for i, service in enumerate(file.service):
+        names[(6, i)] = f"{file.package}.{service.name}"
+        for j, method in enumerate(service.method):
+            names[(6, i, 2, j)] = f"{file.package}.{service.name}.{method.name}"
+    return names
+
+
+def _operation(
+    route: Route, schemas: _Schemas, status_ref: dict, comments: Mapping[str, str]
+) -> tuple[str, dict[str, Any]]:
     request = route.method.input_type
     names: dict[tuple[str, ...], str] = {}
     parameters: list[dict[str, Any]] = []
@@ -123,6 +184,10 @@ def _operation(route: Route, schemas: _Schemas, status_ref: dict) -> tuple[str, 
         "operationId": route.operation_id,
         "tags": [route.method.containing_service.name],
     }
+    described = comments.get(route.method.full_name)
+    if described:
+        operation["summary"] = described.split(". ")[0].rstrip(".")
+        operation["description"] = described
     if parameters:
         operation["parameters"] = parameters
     if route.body:
@@ -162,28 +227,39 @@ def _operation(route: Route, schemas: _Schemas, status_ref: dict) -> tuple[str, 
 class _Schemas:
     """JSON schemas of messages and enums, collected into components as they are referenced."""
 
-    def __init__(self) -> None:
+    def __init__(self, comments: Mapping[str, str]) -> None:
         self.components: dict[str, dict[str, Any]] = {}
+        self.comments = comments
+
+    def _described(self, schema: dict[str, Any], name: str) -> dict[str, Any]:
+        text = self.comments.get(name)
+        return {**schema, "description": text} if text else schema
 
     def message(self, descriptor: Descriptor) -> dict[str, Any]:
         if descriptor.full_name in _WKT:
             return dict(_WKT[descriptor.full_name])
         if descriptor.full_name not in self.components:
             self.components[descriptor.full_name] = {}  # placeholder: recursion stops here
-            self.components[descriptor.full_name] = {
-                "type": "object",
-                "properties": {f.json_name: self.field(f) for f in descriptor.fields},
-            }
+            self.components[descriptor.full_name] = self._described(
+                {
+                    "type": "object",
+                    "properties": {
+                        f.json_name: self._described(self.field(f), f.full_name)
+                        for f in descriptor.fields
+                    },
+                },
+                descriptor.full_name,
+            )
         return _ref(descriptor.full_name)
 
     def enum(self, descriptor: EnumDescriptor) -> dict[str, Any]:
         if descriptor.full_name == _NULL_VALUE:
             return {"type": "null"}
         if descriptor.full_name not in self.components:
-            self.components[descriptor.full_name] = {
-                "type": "string",
-                "enum": [value.name for value in descriptor.values],
-            }
+            self.components[descriptor.full_name] = self._described(
+                {"type": "string", "enum": [value.name for value in descriptor.values]},
+                descriptor.full_name,
+            )
         return _ref(descriptor.full_name)
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:

@@ -150,11 +150,14 @@ def _body_error(text: str) -> GatewayError:
 
 def _query_params(query: bytes) -> dict[str, list[str]]:
     params: dict[str, list[str]] = {}
-    for raw_key, raw_value in parse_qsl(query, keep_blank_values=True):
-        try:
-            key, value = raw_key.decode(), raw_value.decode()
-        except UnicodeDecodeError:
-            raise GatewayError(400, "the query string is not valid UTF-8 once decoded") from None
+    try:
+        # Raw non-ASCII bytes and %-escapes alike must decode as UTF-8.
+        pairs = parse_qsl(
+            query.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict"
+        )
+    except UnicodeDecodeError:
+        raise GatewayError(400, "the query string is not valid UTF-8 once decoded") from None
+    for key, value in pairs:
         params.setdefault(key, []).append(value)
     return params
 

@@ -18,7 +18,7 @@ from flowq.errors import FlowqError, ResourceExhaustedError, UnavailableError
 from flowq.grpcutil import CHANNEL_OPTIONS
 from flowq.keys import Keys
 from flowq.lifecycle import Service
-from flowq.supervise import Supervisor
+from flowq.supervise import Supervisor, beat
 from flowq.v1 import (
     executor_service_pb2,
     executor_service_pb2_grpc,
@@ -95,7 +95,7 @@ class Dispatcher(Service):
         loops.spawn("claim", self.consumer.claim_loop)
         loops.spawn("sweep", self._sweep_loop)
         loops.spawn("queue-gauges", self._gauges_loop)
-        loops.spawn("clean", self._clean_loop)
+        loops.spawn("clean", self._clean_loop, stall_after=10 * CLEAN_CALL_TIMEOUT_SECONDS)
 
     async def _run_task(self, task_id: str, attempt: int) -> ExecutorAnswer:
         started = time.perf_counter()
@@ -139,6 +139,7 @@ class Dispatcher(Service):
     async def _sweep_loop(self) -> None:
         last_housekeeping = 0.0
         while not self.consumer.stopping.is_set():
+            beat()
             # Each part on its own: Redis down must not stop the SQL-only parts, and the reverse.
             parts = [
                 ("timeouts", lambda: sweep.fail_overdue(self.db, self.settings.lease_ttl_seconds)),
@@ -188,6 +189,7 @@ class Dispatcher(Service):
         own: a slow CleanTask must not hold up the recovery sweep."""
         retry: dict[str, tuple[float, int]] = {}
         while not self.consumer.stopping.is_set():
+            beat()
             try:
                 await sweep.clean_abandoned(self.db, self._clean_task, retry)
             except Exception as exc:  # noqa: BLE001 - database blip: next round
@@ -202,6 +204,7 @@ class Dispatcher(Service):
     async def _gauges_loop(self) -> None:
         """Backlog, pending, oldest pending age and dead letters as gauges, every few seconds."""
         while not self.consumer.stopping.is_set():
+            beat()
             try:
                 stats = await deadletters.queue_stats(self.redis, self.keys)
                 BACKLOG.set(stats.lag)

@@ -23,6 +23,7 @@ from flowq.config import Settings
 from flowq.db import Database
 from flowq.keys import Keys
 from flowq.log import log_context
+from flowq.supervise import beat
 from flowq_dispatcher.handling import (
     Outcome,
     Result,
@@ -83,6 +84,7 @@ class Consumer:
     async def read_loop(self) -> None:
         backoff = Backoff(base=0.1, cap=self.settings.backoff_max_seconds)
         while not self.stopping.is_set():
+            beat()
             await self._wait_while_paused()
             try:
                 if not self.redis_ok:
@@ -104,6 +106,7 @@ class Consumer:
         cursor = "0-0"
         interval = max(0.2, self.settings.claim_idle_ms / 2000)
         while not self.stopping.is_set():
+            beat()
             await self._wait_while_paused()
             try:
                 cursor, entries = await stream.autoclaim(

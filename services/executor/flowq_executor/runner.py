@@ -22,6 +22,7 @@ from flowq.db import Database, utcnow
 from flowq.errors import ResourceExhaustedError, UnavailableError
 from flowq.keys import Keys
 from flowq.log import log_context
+from flowq.supervise import beat
 from flowq_executor import repository
 from flowq_executor.controller import TaskController
 from flowq_executor.kube.client import KubeClient
@@ -199,6 +200,7 @@ class TaskRunner:
         """Renew this executor's lease; check the cancel flag of every task it holds."""
         backoff = Backoff(base=0.1, cap=self.settings.heartbeat_seconds)
         while True:
+            beat()
             try:
                 async with self.db.session() as session:
                     await repository.renew_lease(
@@ -248,11 +250,13 @@ class TaskRunner:
         """
         backoff = Backoff(base=0.2, cap=self.settings.heartbeat_seconds)
         while True:
+            beat()
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.cancel)
                 backoff.reset()
                 while True:
+                    beat()
                     message = await pubsub.get_message(timeout=30.0)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
