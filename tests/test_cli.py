@@ -115,3 +115,15 @@ def test_dead_letter_administration_from_the_cli(
     assert refused.returncode != 0
     assert "purged 1" in flowq(stack, "dlq", "purge", "--all", "--yes").stdout  # the one left
     assert "decode-error" not in flowq(stack, "dlq", "list").stdout
+
+
+def test_health_exits_zero_only_when_serving(stack: Stack) -> None:
+    """What compose health checks and exec probes run."""
+    ready = flowq(
+        stack, "health", "--server", stack.target(), "--service", "flowq.v1.WorkflowService"
+    )
+    assert "SERVING" in ready.stdout
+    live = flowq(stack, "health", "--server", stack.target("executor"))
+    assert "(liveness): SERVING" in live.stdout
+    down = flowq(stack, "health", "--server", "127.0.0.1:1", "--timeout", "1", check=False)
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr

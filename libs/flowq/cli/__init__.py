@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import click
+import grpc
 from rich.console import Console
 from rich.live import Live
 
 from flowq.cli import render
 from flowq.client import Client, ClientError, load_workflows
 from flowq.errors import FlowqError
-from flowq.tls import TlsFiles
+from flowq.tls import TlsFiles, channel
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -98,6 +99,32 @@ def up(data_dir: Path) -> None:
     from flowq.cli.up import run_stack
 
     sys.exit(run_stack(data_dir, console))
+
+
+@cli.command()
+@server_option
+@click.option(
+    "--service",
+    default="",
+    help="health service name: '' is liveness, flowq.v1.WorkflowService (etc.) readiness",
+)
+@click.option("--timeout", default=3.0, show_default=True, help="seconds to wait for an answer")
+def health(server: str, service: str, timeout: float) -> None:
+    """Exit 0 when SERVER reports SERVICE as SERVING, else 1 (for probes and health checks)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    obj = click.get_current_context().find_root().obj or {}
+    with channel(server, obj.get("tls") or TlsFiles(), []) as chan:
+        try:
+            reply = health_pb2_grpc.HealthStub(chan).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            err_console.print(f"{server} {service or '(liveness)'}: {exc.code().name}")
+            sys.exit(1)
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    console.print(f"{server} {service or '(liveness)'}: {state}")
+    sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
 
 
 @cli.group()
