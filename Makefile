@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_OUT ?= libs
 GOOGLEAPIS = $$($(BIN)/python -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
 
-.PHONY: install run test proto lint clean
+.PHONY: install run test bench bench-quick proto lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,21 @@ test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Regenerate the committed Python package flowq.v1 from protos/ (PROTO_OUT=dir writes elsewhere).
+# The benchmark's peer (Celery) lives in a venv of its own: its pins differ from flowq's.
+PEER_VENV := bench/.venv-celery
+PEER_STAMP := $(PEER_VENV)/.installed
+
+$(PEER_STAMP): bench/peer/requirements.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/peer/requirements.txt
+	touch $(PEER_STAMP)
+
+bench: install $(PEER_STAMP)
+	$(BIN)/python bench/run.py
+
+bench-quick: install $(PEER_STAMP)
+	$(BIN)/python bench/run.py --quick
+
 proto: install
 	mkdir -p $(PROTO_OUT)/flowq/v1
 	$(BIN)/python -m grpc_tools.protoc -I protos -I $(GOOGLEAPIS) \
@@ -40,4 +55,4 @@ lint: install
 	$(BIN)/ruff format --check libs services tests bench
 
 clean:
-	rm -rf $(VENV) .flowq .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) .flowq .pytest_cache
