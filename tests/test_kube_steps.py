@@ -366,4 +366,5 @@ def test_an_abandoned_task_past_its_timeout_has_its_job_deleted_by_another_execu
             lambda: [e for e in flowq.get_task(task_id).events if e.type == "cleaned"], 30
         )
     assert "forever: Job/" in cleaned[0].message, cleaned[0].message
-    assert 'flowq_tasks_cleaned_total{outcome="cleaned"} 1.0' in stack.metrics("dispatcher")
+    counted = 'flowq_tasks_cleaned_total{outcome="cleaned"} 1.0'
+    eventually(lambda: counted in stack.metrics("dispatcher"), 10, "the clean counted")

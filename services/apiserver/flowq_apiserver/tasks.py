@@ -103,33 +103,30 @@ async def exec_workflow(
         if definition.timeout_seconds
         else None,
     )
+    steps = [
+        StepRunRow(
+            task_id=task.id,
+            name=s.name,
+            position=i,
+            type=s.type,
+            status=status.PENDING,
+            attempts=0,
+            message="",
+            output="",
+        )
+        for i, s in enumerate(definition.steps)
+    ]
+    created = TaskEventRow(
+        task_id=task.id,
+        at=now,
+        type="created",
+        message=f"workflow version {workflow.version}",
+        attempt=1,
+    )
     try:
         session.add(task)
         await session.flush()  # the task row first: steps and events refer to it
-        session.add_all(
-            [
-                StepRunRow(
-                    task_id=task.id,
-                    name=s.name,
-                    position=i,
-                    type=s.type,
-                    status=status.PENDING,
-                    attempts=0,
-                    message="",
-                    output="",
-                )
-                for i, s in enumerate(definition.steps)
-            ]
-            + [
-                TaskEventRow(
-                    task_id=task.id,
-                    at=now,
-                    type="created",
-                    message=f"workflow version {workflow.version}",
-                    attempt=1,
-                )
-            ]
-        )
+        session.add_all([*steps, created])
         await session.commit()
     except IntegrityError:
         await session.rollback()
@@ -139,9 +136,9 @@ async def exec_workflow(
         if existing is None:
             raise
         return await _same_request(session, existing, workflow_name)
-    # The reply is the task as stored (QUEUED): read before the XADD, since an executor may
-    # claim it the moment it is enqueued.
-    reply = await get_task(session, task.id)
+    # The reply is the task as stored (QUEUED), built from the rows just written (no read
+    # back), and before the XADD, since an executor may claim it the moment it is enqueued.
+    reply = task_message(task, steps, [created])
     try:
         await enqueue(redis, keys, Envelope.new(task.id, attempt=1))
     except (RedisError, OSError) as exc:

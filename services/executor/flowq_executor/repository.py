@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flowq import status
@@ -75,8 +75,8 @@ async def claim(session: AsyncSession, task_id: str, owner_id: str) -> Claimed |
         return None
     epoch, attempt, app_id, workflow_name, spec, cancel, deadline = row
     fence = Fence(task_id, owner_id, epoch, attempt)
-    session.add(
-        TaskEventRow(
+    await session.execute(
+        insert(TaskEventRow).values(
             task_id=task_id,
             at=now,
             type="claimed",
@@ -166,26 +166,28 @@ async def update_step(
     event_message: str = "",
     **values: Any,
 ) -> None:
-    """Set step columns, fenced; optionally append a task event in the same transaction."""
+    """Set step columns, fenced; optionally append a task event in the same transaction.
+
+    The fenced UPDATE of the task row comes first: it is the fence check, and the row lock it
+    takes holds off any recovery of the task until this transaction ends, so the step write
+    and the event after it need no check of their own.
+    """
     now = utcnow()
-    result = await session.execute(
-        update(StepRunRow)
-        .where(
-            StepRunRow.task_id == fence.task_id,
-            StepRunRow.name == name,
-            exists().where(_owned(fence)),
-        )
-        .values(**values)
-    )
-    if result.rowcount != 1:
+    fenced = await session.execute(update(TaskRow).where(_owned(fence)).values(updated_at=now))
+    if fenced.rowcount != 1:
         await session.rollback()
         raise FencedError(
             f"task {fence.task_id} is no longer owned by {fence.owner_id} at epoch {fence.epoch}"
         )
-    await session.execute(update(TaskRow).where(_owned(fence)).values(updated_at=now))
+    if values:
+        await session.execute(
+            update(StepRunRow)
+            .where(StepRunRow.task_id == fence.task_id, StepRunRow.name == name)
+            .values(**values)
+        )
     if event:
-        session.add(
-            TaskEventRow(
+        await session.execute(
+            insert(TaskEventRow).values(
                 task_id=fence.task_id,
                 at=now,
                 type=event,
@@ -221,8 +223,8 @@ async def finish_task(
         running_message=f"stopped: task {final.lower()}",
         skip_pending=f"task {final.lower()}",
     )
-    session.add(
-        TaskEventRow(
+    await session.execute(
+        insert(TaskEventRow).values(
             task_id=fence.task_id,
             at=now,
             type=final.lower(),
@@ -278,8 +280,8 @@ async def release(
         running_message=f"released: {why}",
         skip_pending="task failed" if give_up else None,
     )
-    session.add(
-        TaskEventRow(
+    await session.execute(
+        insert(TaskEventRow).values(
             task_id=fence.task_id,
             at=now,
             type="failed" if give_up else "released",
