@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 
 from flowq.client import load_workflows
@@ -368,3 +369,42 @@ def test_an_abandoned_task_past_its_timeout_has_its_job_deleted_by_another_execu
     assert "forever: Job/" in cleaned[0].message, cleaned[0].message
     counted = 'flowq_tasks_cleaned_total{outcome="cleaned"} 1.0'
     eventually(lambda: counted in stack.metrics("dispatcher"), 10, "the clean counted")
+
+
+def test_an_unreachable_api_server_fails_the_step_saying_so(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    """docs/operations.md: `the Kubernetes API server at ... did not answer`; the step fails
+    and its retry decides what happens next (here: one retry, then the task fails)."""
+    kubeconfig = tmp_path / "nowhere.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "gone", "cluster": {"server": "http://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "gone", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    env = {"FLOWQ_KUBECONFIG": str(kubeconfig)}
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix, extra_env=env).start()
+    doc = {
+        "steps": [
+            {
+                "name": "settings",
+                "type": "config",
+                "retry": {"maxAttempts": 2, "backoffSeconds": 0.1},
+                "properties": {"data": {"A": "1"}},
+            }
+        ]
+    }
+    task = run(stack, "unreachable", doc, timeout=120)
+    step = steps_of(task)["settings"]
+    assert task.status == S.TASK_STATUS_FAILED and task.reason == "step-failed", task
+    assert step.attempts == 2
+    assert "Kubernetes API server at http://127.0.0.1:1 did not answer" in step.message, (
+        step.message
+    )

@@ -1,11 +1,11 @@
 """Task-change notifications, so watchers wait on Redis pub/sub instead of polling SQL.
 
-Writers (the executor after every committed write of a task, the apiserver after a cancel)
-publish the task id on the `<prefix>:task-changes` channel through a `ChangeNotifier`, which
-coalesces bursts per task and never blocks the writer. Each apiserver runs one
+Writers publish the task id on the `<prefix>:task-changes` channel: the executor after every
+committed write of a task, through a `ChangeNotifier` (which coalesces bursts per task and
+never blocks the writer), and the apiserver after a cancel. Each apiserver runs one
 `ChangeListener` subscription and wakes the watchers of that task. SQL stays the truth: a
-watcher re-reads the task on every wake-up, and at least every `fallback_seconds` in case a
-message was lost (Redis away), so a lost message only delays an update.
+watcher re-reads the task on every wake-up, and every few seconds anyway in case a message
+was lost (Redis away), so a lost message only delays an update.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from collections.abc import Iterator
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from flowq.backoff import Backoff
+from flowq.channels import IDLE_BEAT_SECONDS, follow
 from flowq.keys import Keys
 from flowq.supervise import beat
 
 log = logging.getLogger(__name__)
-
-IDLE_BEAT_SECONDS = 30.0  # loops wake at least this often, to show they are alive
 
 
 class ChangeNotifier:
@@ -83,28 +81,16 @@ class ChangeListener:
         for event in self._watchers.get(task_id, ()):
             event.set()
 
+    def _wake_all(self) -> None:
+        """Changes missed while unsubscribed: every watcher reads once more."""
+        for task_id in list(self._watchers):
+            self._wake(task_id)
+
     async def run(self) -> None:
-        backoff = Backoff(base=0.2, cap=5.0)
-        while True:
-            beat()
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                backoff.reset()
-                # Changes missed while unsubscribed: wake everyone to re-read once.
-                for task_id in list(self._watchers):
-                    self._wake(task_id)
-                while True:
-                    beat()
-                    message = await pubsub.get_message(timeout=IDLE_BEAT_SECONDS)
-                    if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "task-change channel lost; watchers read SQL every few seconds until it is back",
-                    extra={"error": str(exc), "channel": self.channel},
-                )
-                await asyncio.sleep(backoff.next())
-            finally:
-                await pubsub.aclose()
+        await follow(
+            self.redis,
+            self.channel,
+            self._wake,
+            lost="task-change channel lost; watchers read SQL every few seconds until it is back",
+            on_subscribed=self._wake_all,
+        )

@@ -230,7 +230,11 @@ class Runner:
         self._socket_dir = tempfile.mkdtemp(prefix="flowq-grpc-")
         loopback = f"unix:{self._socket_dir}/grpc.sock"
         server.add_insecure_port(loopback)
-        http_socket = _listen(self.service.http_port)
+        try:
+            http_socket = _listen(self.service.http_port)
+        except ConfigError:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)  # no stop follows a failed start
+            raise
         await self.health.set("", NOT_SERVING)
         await self.health.set(self.service.health_name, NOT_SERVING)
 

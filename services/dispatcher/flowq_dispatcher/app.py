@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -177,12 +178,7 @@ class Dispatcher(Service):
                     log.warning(
                         "sweep failed; retrying next round", extra={"part": part, "error": str(exc)}
                     )
-            try:
-                await asyncio.wait_for(
-                    self.consumer.stopping.wait(), self.settings.sweep_interval_seconds
-                )
-            except TimeoutError:
-                pass
+            await self._pause(self.settings.sweep_interval_seconds)
 
     async def _clean_loop(self) -> None:
         """Ask executors to clean up after tasks that ended without their owner. A loop of its
@@ -194,12 +190,7 @@ class Dispatcher(Service):
                 await sweep.clean_abandoned(self.db, self._clean_task, retry)
             except Exception as exc:  # noqa: BLE001 - database blip: next round
                 log.warning("clean sweep failed; retrying next round", extra={"error": str(exc)})
-            try:
-                await asyncio.wait_for(
-                    self.consumer.stopping.wait(), self.settings.sweep_interval_seconds
-                )
-            except TimeoutError:
-                pass
+            await self._pause(self.settings.sweep_interval_seconds)
 
     async def _gauges_loop(self) -> None:
         """Backlog, pending, oldest pending age and dead letters as gauges, every few seconds."""
@@ -214,10 +205,12 @@ class Dispatcher(Service):
                 STREAM_LENGTH.set(stats.length)
             except Exception as exc:  # noqa: BLE001 - Redis down: the read loop reports it
                 log.debug("queue gauges not updated", extra={"error": str(exc)})
-            try:
-                await asyncio.wait_for(self.consumer.stopping.wait(), GAUGES_INTERVAL_SECONDS)
-            except TimeoutError:
-                pass
+            await self._pause(GAUGES_INTERVAL_SECONDS)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep between rounds of a loop, waking at once when the drain starts."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.consumer.stopping.wait(), seconds)
 
     async def check_ready(self) -> None:
         await self.db.ping()

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
-from flowq import status, stream
+from flowq import channels, status, stream
 from flowq.backoff import Backoff
 from flowq.changes import ChangeNotifier
 from flowq.config import Settings
@@ -248,29 +248,13 @@ class TaskRunner:
         The database flag is the truth and the heartbeat checks it, so a message lost while
         Redis is away only makes the cancel slower; the channel makes it immediate.
         """
-        backoff = Backoff(base=0.2, cap=self.settings.heartbeat_seconds)
-        while True:
-            beat()
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.keys.cancel)
-                backoff.reset()
-                while True:
-                    beat()
-                    message = await pubsub.get_message(timeout=30.0)
-                    if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        await self._cancel_published(
-                            data.decode() if isinstance(data, bytes) else str(data)
-                        )
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "cancel channel lost; cancels arrive with the heartbeat until it is back",
-                    extra={"error": str(exc), "channel": self.keys.cancel},
-                )
-                await asyncio.sleep(backoff.next())
-            finally:
-                await pubsub.aclose()
+        await channels.follow(
+            self.redis,
+            self.keys.cancel,
+            self._cancel_published,
+            lost="cancel channel lost; cancels arrive with the heartbeat until it is back",
+            retry_cap_seconds=self.settings.heartbeat_seconds,
+        )
 
     async def _cancel_published(self, task_id: str) -> None:
         controller = self._slots.get(task_id)

@@ -18,7 +18,7 @@ import yaml
 from flowq_executor.jobs.base import OutputTail, StepContext, StepFailedError
 from flowq_executor.kube import readiness
 from flowq_executor.kube.client import KubeClient, KubeError
-from flowq_executor.kube.render import CREATED_BY, owner_labels, render
+from flowq_executor.kube.render import CREATED_BY, created_by, owner_labels, render
 
 POLL_SECONDS = 1.0
 
@@ -66,7 +66,7 @@ class ApplyJob:
         }
         mine = f"{self.ctx.task_id}/{self.ctx.step}"
         existing = await self.kube.get(api_version, kind, name, namespace)
-        creator = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY)
+        creator = created_by(existing)
         # Keep the annotation as it is: a server-side apply that left it out would remove it.
         annotations = {**(meta.get("annotations") or {})}
         if existing is None or creator == mine:
@@ -124,8 +124,9 @@ class ApplyJob:
             kind, name, api_version = obj["kind"], meta["name"], obj["apiVersion"]
             namespace = meta.get("namespace") or self.namespace
             found = await self.kube.get(api_version, kind, name, namespace)
-            creator = ((found or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY)
-            if creator == mine and await self.kube.delete(api_version, kind, name, namespace):
+            if created_by(found) == mine and await self.kube.delete(
+                api_version, kind, name, namespace
+            ):
                 deleted.append(f"{kind}/{name}")
         return deleted
 

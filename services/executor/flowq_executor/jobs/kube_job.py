@@ -18,7 +18,7 @@ from kubernetes.dynamic.exceptions import ConflictError
 from flowq_executor.jobs.base import StepContext, StepFailedError
 from flowq_executor.kube import readiness
 from flowq_executor.kube.client import KubeClient, KubeError
-from flowq_executor.kube.render import CREATED_BY, dns_name, owner_labels
+from flowq_executor.kube.render import CREATED_BY, created_by, dns_name, owner_labels
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class KubeJobJob:
     async def clean_abandoned(self) -> list[str]:
         """For a task whose owner was lost: delete the Job of this step's last attempt."""
         job = await self.kube.get("batch/v1", "Job", self.name, self.namespace)
-        creator = ((job or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY)
-        if creator == f"{self.ctx.task_id}/{self.ctx.step}" and await self.kube.delete(
+        if created_by(job) == f"{self.ctx.task_id}/{self.ctx.step}" and await self.kube.delete(
             "batch/v1", "Job", self.name, self.namespace
         ):
             return [f"Job/{self.name}"]

@@ -64,28 +64,32 @@ class KubeClient:
 
     def _connect(self) -> tuple[k8s.ApiClient, DynamicClient]:
         with self._lock:
-            if self._api is None or self._dynamic is None:
-                try:
-                    if self.kubeconfig:
-                        api = k8s_config.new_client_from_config(config_file=self.kubeconfig)
-                    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-                        k8s_config.load_incluster_config()
-                        api = k8s.ApiClient()
-                    else:
-                        api = k8s_config.new_client_from_config()
-                except (ConfigException, OSError, TypeError, ValueError) as exc:
-                    where = self.kubeconfig or "in-cluster config or ~/.kube/config"
-                    raise KubeError(
-                        f"cannot load the Kubernetes configuration ({where}): {exc}; set "
-                        "FLOWQ_KUBECONFIG on the executor, or run it in a cluster"
-                    ) from None
+            if self._api is None:
+                self._api = self._load_config()
+            if self._dynamic is None:  # discovery: retried on the next call if it fails
                 # Discovery is cached per API server in a file; keep it private to this process.
                 cache = os.path.join(
                     tempfile.gettempdir(), f"flowq-kube-discovery-{os.getpid()}.json"
                 )
-                self._dynamic = DynamicClient(api, cache_file=cache)
-                self._api = api
+                self._dynamic = DynamicClient(self._api, cache_file=cache)
             return self._api, self._dynamic
+
+    def _load_config(self) -> k8s.ApiClient:
+        """FLOWQ_KUBECONFIG, else the in-cluster service account, else ~/.kube/config."""
+        try:
+            if self.kubeconfig:
+                return k8s_config.new_client_from_config(config_file=self.kubeconfig)
+            try:
+                k8s_config.load_incluster_config()
+                return k8s.ApiClient()
+            except ConfigException:  # not in a cluster
+                return k8s_config.new_client_from_config()
+        except (ConfigException, OSError, TypeError, ValueError) as exc:
+            where = self.kubeconfig or "in-cluster config or ~/.kube/config"
+            raise KubeError(
+                f"cannot load the Kubernetes configuration ({where}): {exc}; set "
+                "FLOWQ_KUBECONFIG on the executor, or run it in a cluster"
+            ) from None
 
     @property
     def server(self) -> str:

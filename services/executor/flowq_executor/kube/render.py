@@ -50,6 +50,11 @@ def dns_name(text: str, limit: int = 63) -> str:
     return f"{clean[: limit - 9].strip('-')}-{_short_hash(text)}".lstrip("-")
 
 
+def created_by(obj: dict | None) -> str | None:
+    """The `<task>/<step>` that created `obj` (its CREATED_BY annotation), if any."""
+    return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(CREATED_BY)
+
+
 def owner_labels(app_id: str, workflow: str, task_id: str, step: str) -> dict[str, str]:
     return {
         MANAGED_BY: "flowq",
