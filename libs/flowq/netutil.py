@@ -8,6 +8,30 @@ import time
 
 LOCALHOST = "127.0.0.1"
 
+# Ports this process has handed out already: a server given one may not have bound it yet,
+# so handing it out again would make two servers race for it.
+_handed_out: set[int] = set()
+_confined: tuple[int, int] | None = None
+
+
+def confine_ports(low: int, high: int) -> None:
+    """Hand out ports only from [low, high) in this process.
+
+    Several processes that start servers side by side (pytest-xdist workers) each take their
+    own slice, so a port one of them has picked but not yet bound is never picked by another.
+    """
+    global _confined
+    if not 0 < low < high <= 65536:
+        raise ValueError(f"port range [{low}, {high}) is not a range of TCP ports")
+    _confined = (low, high)
+
+
+def worker_port_slice(index: int, count: int) -> tuple[int, int]:
+    """The `index`-th of `count` equal slices of the ports below the kernel's ephemeral range."""
+    low, high = 10000, max(10000 + count * 100, _ephemeral_range()[0])
+    size = (high - low) // count
+    return low + index * size, low + (index + 1) * size
+
 
 def _ephemeral_range() -> tuple[int, int]:
     try:
@@ -41,10 +65,11 @@ def free_port(host: str = LOCALHOST) -> int:
 
     A port the kernel hands out for port 0 comes from the range it also uses for outgoing
     connections, so between picking it and a server binding it a client socket may take it.
-    Ports below that range are only ever taken by someone binding them on purpose.
+    Ports below that range are only ever taken by someone binding them on purpose. A process
+    never gets the same port twice, and stays in the slice `confine_ports` gave it.
     """
-    low, _high = _ephemeral_range()
-    candidates = list(range(10000, max(10001, low)))
+    low, high = _confined or (10000, max(10001, _ephemeral_range()[0]))
+    candidates = [p for p in range(low, high) if p not in _handed_out]
     random.shuffle(candidates)
     for port in candidates[:200]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -52,6 +77,7 @@ def free_port(host: str = LOCALHOST) -> int:
                 sock.bind(("0.0.0.0" if host == LOCALHOST else host, port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # fall back to the kernel
         sock.bind((host, 0))
