@@ -38,6 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode()
             echo = {"method": self.command, "token": self.headers.get("X-Token"), "body": body}
+            echo |= {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-flowq")}
             self._reply(201, json.dumps(echo))
         elif path.startswith("/status/"):
             self._reply(int(path.rsplit("/", 1)[1]), "the server says no")
@@ -94,7 +95,7 @@ def test_http_steps_send_the_request_and_check_the_answer(stack: Stack, servers)
             "post",
             url=f"{here}/echo",
             method="post",
-            headers={"X-Token": "s3cret"},
+            headers={"X-Token": "s3cret", "x-flowq-step": "the step's own"},
             body={"release": 42},
             expectStatus=201,
         ),
@@ -106,7 +107,14 @@ def test_http_steps_send_the_request_and_check_the_answer(stack: Stack, servers)
     assert task.status == S.TASK_STATUS_SUCCEEDED, task
     head, _, body = steps["post"].output.partition("\n")
     assert head == "201 Created"
-    assert json.loads(body) == {"method": "POST", "token": "s3cret", "body": '{"release":42}'}
+    assert json.loads(body) == {
+        "method": "POST",
+        "token": "s3cret",
+        "body": '{"release":42}',
+        "x-flowq-task-id": task.task_id,  # who sent it, so a receiver can act once
+        "x-flowq-step": "the step's own",  # a step's own header wins over ours
+        "x-flowq-attempt": "1",
+    }
     assert steps["same-origin-redirect"].output.startswith("201 Created")
     assert steps["cross-origin-allowed"].output.startswith("201 Created")
     assert steps["want-the-redirect"].output.startswith("302 Found")

@@ -3,6 +3,10 @@
 Redirects are followed only to the same host unless `followRedirects: all` asks for more
 (`none` follows none), so a step cannot be bounced to a host its author did not name.
 The step's timeout bounds the whole exchange; the controller enforces it.
+
+Every request says which step sent it: `X-Flowq-Task-Id`, `X-Flowq-Step` and `X-Flowq-Attempt`
+(a step's own `headers` win). A step may run again after its executor died, so a receiver that
+must act once can key on the task and step.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ class HttpJob:
         props = ctx.properties
         self.url: str = props["url"]
         self.method: str = str(props.get("method", "GET")).upper()
-        self.headers = {str(k): str(v) for k, v in (props.get("headers") or {}).items()}
+        self.headers = httpx.Headers(
+            {
+                "X-Flowq-Task-Id": ctx.task_id,
+                "X-Flowq-Step": ctx.step,
+                "X-Flowq-Attempt": str(ctx.attempt),
+            }
+        )
+        for name, value in (props.get("headers") or {}).items():
+            self.headers[str(name)] = str(value)  # replaces ours whatever its case
         self.body: Any = props.get("body")
         expect = props.get("expectStatus")
         self.expect: set[int] | None = (
