@@ -3,6 +3,7 @@ could not hand over, never exits on a transient error, and dead-letters what can
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 
@@ -177,8 +178,11 @@ def test_kill_9_of_one_of_two_dispatchers_loses_nothing_and_runs_each_task_once(
     ledger_workflow(stack, ledger)
     with stack.client() as flowq:
         tasks = [flowq.exec_workflow("demo", "count").task_id for _ in range(8)]
+        # No executor yet: each dispatcher holds what it read and reads nothing more until an
+        # executor takes it; the rest of the backlog waits in the stream.
         eventually(
-            lambda: flowq.queue_stats().pending == 8, what="all entries delivered (no executor yet)"
+            lambda: sum(1 for c in flowq.queue_stats().consumers if c.pending) == 2,
+            what="both dispatchers holding unacked entries",
         )
         holders = {c.name: c.pending for c in flowq.queue_stats().consumers if c.pending}
         victim = max(holders, key=holders.get)
@@ -209,3 +213,35 @@ def test_dispatch_throughput_smoke(
         for task_id in tasks:
             assert flowq.wait(task_id, timeout=120).status == SUCCEEDED
         eventually(lambda: flowq.queue_stats().length == 0, what="every entry acked")
+
+
+def test_a_burst_beyond_the_executors_capacity_waits_in_order_not_for_the_claim_idle_time(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    # An executor with room for 2 tasks, 16 tasks at once, and a claim idle time far beyond the
+    # test's deadline: the entries the full executor refuses are held by the dispatcher and
+    # offered again within a pause, never left for XAUTOCLAIM.
+    stack = Stack(
+        procs,
+        sqlite_database_url,
+        redis_server_url,
+        key_prefix,
+        extra_env={"FLOWQ_EXECUTOR_MAX_TASKS": "2", "FLOWQ_CLAIM_IDLE_MS": "600000"},
+    ).start()
+    ledger = tmp_path / "ledger"
+    command = f"sleep 0.2; echo $FLOWQ_TASK_ID >> {ledger}"
+    stack.put_workflow(
+        "slow", {"steps": [{"name": "s", "type": "shell", "properties": {"command": command}}]}
+    )
+    with stack.client() as flowq:
+        tasks = [flowq.exec_workflow("demo", "slow").task_id for _ in range(16)]
+        for task_id in tasks:
+            assert flowq.wait(task_id, timeout=60).status == SUCCEEDED
+        eventually(lambda: flowq.queue_stats().length == 0, what="every entry acked")
+    metrics = stack.metrics("dispatcher")
+    refused = re.search(
+        r'flowq_dispatcher_executor_calls_total\{code="RESOURCE_EXHAUSTED"\} (\S+)', metrics
+    )
+    assert refused and float(refused.group(1)) > 0, "the executor was never full: no test"
+    assert "flowq_dispatcher_entries_held 0.0" in metrics
+    assert sorted(ledger.read_text().split()) == sorted(tasks)  # each ran exactly once

@@ -2,9 +2,13 @@
 ack, leave pending (retried after FLOWQ_CLAIM_IDLE_MS), or dead-letter with a reason.
 
 Loops never exit on transient errors: they back off with full jitter and go on, including
-when Redis comes back empty (the group is recreated). While a dependency (database,
-executors) is down, the consumer pauses with backoff instead of churning deliveries, and
-those failed deliveries do not count toward FLOWQ_MAX_DELIVERIES.
+when Redis comes back empty (the group is recreated). An entry that could not be handed over
+only because a dependency was busy or down (executors full or unreachable, the database away)
+is held: it stays pending under this consumer, its delivery does not count toward
+FLOWQ_MAX_DELIVERIES, and the read loop offers it again after a short pause before it reads
+anything new. So a burst larger than the executors' capacity waits in order, in the stream,
+and a dead executor's share goes to the others within a pause, not after FLOWQ_CLAIM_IDLE_MS.
+The pause grows with full-jitter backoff only while nothing at all gets through.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ BATCH = 64
 BLOCK_MS = 2000
 MAX_CONCURRENT_CALLS = 32
 DEPENDENCY_PAUSE_MAX_SECONDS = 10.0
+#: The pause before held entries are offered again while others still get through (executors
+#: full, not down): about the time a task takes to free a slot.
+BUSY_PAUSE_SECONDS = 0.05
 
 MESSAGES = Counter(
     "flowq_dispatcher_messages_total", "Stream entries handled, by outcome.", ["outcome"]
@@ -54,6 +61,11 @@ LOOP_ERRORS = Counter(
 LAST_DISPATCH = Gauge(
     "flowq_dispatcher_last_dispatch_timestamp_seconds",
     "Unix time of the last task handed to an executor.",
+)
+HELD = Gauge(
+    "flowq_dispatcher_entries_held",
+    "Stream entries this dispatcher holds, pending, until an executor (or the database) can "
+    "take them.",
 )
 ENQUEUE_TO_ACCEPTED = Histogram(
     "flowq_dispatcher_enqueue_to_accepted_seconds",
@@ -80,12 +92,21 @@ class Consumer:
             base=0.1, cap=min(settings.backoff_max_seconds, DEPENDENCY_PAUSE_MAX_SECONDS)
         )
         self._paused_until = 0.0
+        #: entry id -> (fields, deliveries): pending under this consumer, waiting for a
+        #: dependency; offered again before anything new is read (in insertion order).
+        self._held: dict[str, tuple[dict[str, str], int]] = {}
 
     async def read_loop(self) -> None:
         backoff = Backoff(base=0.1, cap=self.settings.backoff_max_seconds)
         while not self.stopping.is_set():
             beat()
             await self._wait_while_paused()
+            if self._held:
+                held = list(self._held.items())[:BATCH]
+                await self._settle_all(
+                    [(i, fields) for i, (fields, _) in held], {i: d for i, (_, d) in held}
+                )
+                continue
             try:
                 if not self.redis_ok:
                     await stream.ensure_group(self.redis, self.keys)
@@ -171,6 +192,13 @@ class Consumer:
                         )
                     )
             results = await handle_batch(self.db, live, self.run_task, MAX_CONCURRENT_CALLS)
+            for entry_id in fields:
+                result = results.get(entry_id)
+                if result is not None and result.outcome is Outcome.UNAVAILABLE:
+                    self._held[entry_id] = (fields[entry_id], deliveries.get(entry_id, 1))
+                else:
+                    self._held.pop(entry_id, None)
+            HELD.set(len(self._held))
             acked = [i for i, r in results.items() if r.outcome.acks]
             for result in results.values():
                 MESSAGES.labels(outcome=result.outcome.value).inc()
@@ -189,11 +217,16 @@ class Consumer:
                     await note_still_in_delivery(self.db, waiting)
                 except Exception as exc:  # noqa: BLE001 - only an optimisation of the sweep
                     log.warning("could not note tasks still in delivery", extra={"error": str(exc)})
-            if unavailable:
+            progress = any(r.outcome is Outcome.DISPATCHED for r in results.values())
+            if unavailable and progress:  # executors full: others got through, try again soon
+                self._dependency_backoff.reset()
+                self._paused_until = time.monotonic() + BUSY_PAUSE_SECONDS
+            elif unavailable:
                 delay = self._dependency_backoff.next()
                 self._paused_until = time.monotonic() + delay
                 log.warning(
-                    "a dependency is unavailable; pausing", extra={"pause_seconds": round(delay, 2)}
+                    "a dependency is unavailable; pausing",
+                    extra={"pause_seconds": round(delay, 2), "entries_held": len(self._held)},
                 )
             elif results:
                 self._dependency_backoff.reset()
