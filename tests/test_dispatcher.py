@@ -229,10 +229,7 @@ def test_a_burst_beyond_the_executors_capacity_waits_in_order_not_for_the_claim_
         extra_env={"FLOWQ_EXECUTOR_MAX_TASKS": "2", "FLOWQ_CLAIM_IDLE_MS": "600000"},
     ).start()
     ledger = tmp_path / "ledger"
-    command = f"sleep 0.2; echo $FLOWQ_TASK_ID >> {ledger}"
-    stack.put_workflow(
-        "slow", {"steps": [{"name": "s", "type": "shell", "properties": {"command": command}}]}
-    )
+    ledger_workflow(stack, ledger, "slow", before="sleep 0.2; ")
     with stack.client() as flowq:
         tasks = [flowq.exec_workflow("demo", "slow").task_id for _ in range(16)]
         for task_id in tasks:

@@ -25,9 +25,9 @@ def eventually(check: Callable[[], T], timeout: float = 30, what: str = "conditi
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
-def ledger_workflow(stack: Stack, ledger: Path, name: str = "count") -> None:
-    """demo/<name>: one shell step that appends its task id to `ledger`."""
-    command = f"echo $FLOWQ_TASK_ID >> {ledger}"
+def ledger_workflow(stack: Stack, ledger: Path, name: str = "count", before: str = "") -> None:
+    """demo/<name>: one shell step that runs `before` then appends its task id to `ledger`."""
+    command = f"{before}echo $FLOWQ_TASK_ID >> {ledger}"
     stack.put_workflow(
         name, {"steps": [{"name": "count", "type": "shell", "properties": {"command": command}}]}
     )
