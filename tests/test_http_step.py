@@ -38,7 +38,9 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode()
             echo = {"method": self.command, "token": self.headers.get("X-Token"), "body": body}
-            echo |= {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-flowq")}
+            echo |= {
+                k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-flowq")
+            }
             self._reply(201, json.dumps(echo))
         elif path.startswith("/status/"):
             self._reply(int(path.rsplit("/", 1)[1]), "the server says no")
