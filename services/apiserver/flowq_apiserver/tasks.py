@@ -11,7 +11,7 @@ from datetime import timedelta
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -124,9 +124,12 @@ async def exec_workflow(
         attempt=1,
     )
     try:
-        session.add(task)
-        await session.flush()  # the task row first: steps and events refer to it
-        session.add_all([*steps, created])
+        # Core INSERTs (the rows above are only the reply's source): the task row first, as
+        # steps and events refer to it; the steps in one executemany.
+        await session.execute(insert(TaskRow.__table__), _columns(task))
+        if steps:
+            await session.execute(insert(StepRunRow.__table__), [_columns(s) for s in steps])
+        await session.execute(insert(TaskEventRow.__table__), _columns(created))
         await session.commit()
     except IntegrityError:
         await session.rollback()
@@ -147,6 +150,11 @@ async def exec_workflow(
             extra={"task_id": task.id, "error": str(exc)},
         )
     return reply
+
+
+def _columns(row: TaskRow | StepRunRow | TaskEventRow) -> dict[str, object]:
+    """The column values set on a new, unsaved row (columns left unset get their defaults)."""
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key in row.__dict__}
 
 
 async def cancel_task(

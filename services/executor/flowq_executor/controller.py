@@ -4,6 +4,12 @@ STEP_BY_STEP is a DAG in which every step depends on all steps of lower priority
 `maxConcurrency` (default 1) at once, always fail-fast. DAG uses `dependsOn`, `maxConcurrency`
 (0 = unlimited) and `failFast`. Steps that already succeeded are never run again.
 Every write goes through the fence; when it moved, the controller stops without touching state.
+
+A step's end (SUCCEEDED) is kept back until the task's next write, which carries it: in a serial
+workflow one transaction records a step's end and the next step's start, and the last step's
+end goes with the task's. When nothing else is written right away (other steps still run),
+it is written on its own before the controller waits. If the executor dies before it is
+written, the step runs again on recovery, as it would have had it died a moment earlier.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import json_format
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -79,6 +86,8 @@ class TaskController:
     on_change: Callable[[str], None] = lambda _task_id: None
     stop: _Stop = field(default_factory=_Stop)
     _steps: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
+    #: Step ends kept back for the task's next write (see the module's docstring).
+    _kept: list[repository.StepWrite] = field(default_factory=list)
 
     @property
     def fence(self) -> repository.Fence:
@@ -90,6 +99,34 @@ class TaskController:
         async with self.db.session() as session:
             yield session
         self.on_change(self.fence.task_id)
+
+    def _take_kept(self) -> list[repository.StepWrite]:
+        kept, self._kept = self._kept, []
+        return kept
+
+    async def _write_step(self, name: str, **columns: Any) -> None:
+        """One fenced write of a step (`event`, `event_message` and its columns), carrying the
+        step ends kept back."""
+        kept = self._take_kept()
+        try:
+            async with self._writing() as s:
+                await repository.update_step(s, self.fence, name, before=kept, **columns)
+        except BaseException:
+            # Interrupted (a stop cancels a step in its write) or failed: the step ends it
+            # carried go with the next write, or with the task's end.
+            self._kept[:0] = kept
+            raise
+
+    async def _write_kept(self) -> None:
+        kept = self._take_kept()
+        if not kept:
+            return
+        try:
+            async with self._writing() as s:
+                await repository.write_steps(s, self.fence, kept)
+        except BaseException:
+            self._kept[:0] = kept
+            raise
 
     def request_stop(self, reason: str, message: str = "") -> None:
         """Stop every running step now (cancel, timeout, release, fence moved).
@@ -187,14 +224,12 @@ class TaskController:
                 if any(states.get(d) in FAILED_LIKE for d in plan.deps[step.name]):
                     waiting.remove(step)
                     states[step.name] = status.SKIPPED
-                    async with self._writing() as s:
-                        await repository.update_step(
-                            s,
-                            self.fence,
-                            step.name,
-                            status=status.SKIPPED,
-                            message="a step it depends on did not succeed",
-                        )
+                    await self._write_step(
+                        step.name,
+                        status=status.SKIPPED,
+                        message="a step it depends on did not succeed",
+                    )
+            started = False
             for step in list(waiting):
                 if plan.limit is not None and len(self._steps) >= plan.limit:
                     break
@@ -211,8 +246,11 @@ class TaskController:
                         ),
                         name=f"step:{step.name}",
                     )
+                    started = True
             if not self._steps:
                 break
+            if not started:  # no step start carries the kept step ends: write them now
+                await self._write_kept()
             done, _ = await asyncio.wait(self._steps.values(), return_when=asyncio.FIRST_COMPLETED)
             for name, task in list(self._steps.items()):
                 if task not in done:
@@ -250,19 +288,16 @@ class TaskController:
             props = plain_properties(step.properties)
             for n in range(1, allowed + 1):
                 attempt = prior_attempts + n
-                async with self._writing() as s:
-                    await repository.update_step(
-                        s,
-                        self.fence,
-                        step.name,
-                        status=status.RUNNING,
-                        attempts=attempt,
-                        message="",
-                        started_at=utcnow(),
-                        finished_at=None,
-                        event="step-started",
-                        event_message=f"{step.name} attempt {attempt}",
-                    )
+                await self._write_step(
+                    step.name,
+                    status=status.RUNNING,
+                    attempts=attempt,
+                    message="",
+                    started_at=utcnow(),
+                    finished_at=None,
+                    event="step-started",
+                    event_message=f"{step.name} attempt {attempt}",
+                )
                 ctx = StepContext(
                     self.fence.task_id,
                     self.claimed.app_id,
@@ -293,58 +328,46 @@ class TaskController:
                 except asyncio.CancelledError:
                     await self._clean(step, job)
                     if self.stop.reason in ("fail-fast", "cancelled", "timeout"):
-                        async with self._writing() as s:
-                            await repository.update_step(
-                                s,
-                                self.fence,
-                                step.name,
-                                status=status.CANCELLED,
-                                finished_at=utcnow(),
-                                message=f"stopped: {self.stop.message or self.stop.reason}",
-                                event="step-cancelled",
-                                event_message=step.name,
-                            )
-                    raise
-                else:
-                    async with self._writing() as s:
-                        await repository.update_step(
-                            s,
-                            self.fence,
+                        await self._write_step(
                             step.name,
-                            status=status.SUCCEEDED,
-                            output=output,
+                            status=status.CANCELLED,
                             finished_at=utcnow(),
-                            event="step-succeeded",
+                            message=f"stopped: {self.stop.message or self.stop.reason}",
+                            event="step-cancelled",
                             event_message=step.name,
                         )
+                    raise
+                else:
+                    self._kept.append(
+                        repository.StepWrite(
+                            step.name,
+                            {"status": status.SUCCEEDED, "output": output, "finished_at": utcnow()},
+                            "step-succeeded",
+                            step.name,
+                        )
+                    )
                     return True
                 await self._clean(step, job)
                 if n < allowed:
                     delay = step.retry.backoff_seconds * (2 ** (n - 1)) * random.uniform(0.8, 1.2)
-                    async with self._writing() as s:
-                        await repository.update_step(
-                            s,
-                            self.fence,
-                            step.name,
-                            output=output,
-                            message=f"attempt {attempt} failed: {message}; retrying in {delay:.1f}s",
-                            event="step-retrying",
-                            event_message=f"{step.name}: {message}",
-                        )
-                    await asyncio.sleep(delay)
-                    continue
-                async with self._writing() as s:
-                    await repository.update_step(
-                        s,
-                        self.fence,
+                    await self._write_step(
                         step.name,
-                        status=status.FAILED,
-                        message=message,
                         output=output,
-                        finished_at=utcnow(),
-                        event="step-failed",
+                        message=f"attempt {attempt} failed: {message}; retrying in {delay:.1f}s",
+                        event="step-retrying",
                         event_message=f"{step.name}: {message}",
                     )
+                    await asyncio.sleep(delay)
+                    continue
+                await self._write_step(
+                    step.name,
+                    status=status.FAILED,
+                    message=message,
+                    output=output,
+                    finished_at=utcnow(),
+                    event="step-failed",
+                    event_message=f"{step.name}: {message}",
+                )
                 failures.append((step.name, message, timed_out))
                 log.info("step failed", extra={"error": message})
                 return False
@@ -358,20 +381,25 @@ class TaskController:
         except Exception as exc:  # noqa: BLE001 - recorded, never hides the step's own error
             log.warning("clean failed", extra={"error": str(exc)})
             with contextlib.suppress(FencedError):
-                async with self._writing() as s:
-                    await repository.update_step(
-                        s,
-                        self.fence,
-                        step.name,
-                        event="clean-failed",
-                        event_message=f"{step.name}: {exc}",
-                    )
+                await self._write_step(
+                    step.name, event="clean-failed", event_message=f"{step.name}: {exc}"
+                )
 
     async def _finish(self, failures: list[tuple[str, str, bool]]) -> None:
         reason = self.stop.reason
         if reason == "fenced":
             return  # the task belongs to someone else now
         if reason == "released":
+            try:  # what finished is recorded, so another executor does not run it again
+                await self._write_kept()
+            except FencedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the step runs again elsewhere
+                log.warning(
+                    "could not record a finished step before handing the task back; it runs "
+                    "again on the next executor",
+                    extra={"error": str(exc)},
+                )
             await self.hand_back(self.fence, self.stop.message, False)
             return
         if reason == "cancelled":
@@ -392,5 +420,7 @@ class TaskController:
         else:
             final, why, message = status.SUCCEEDED, "", ""
         async with self._writing() as s:
-            await repository.finish_task(s, self.fence, final, why, message)
+            await repository.finish_task(
+                s, self.fence, final, why, message, before=self._take_kept()
+            )
         log.info("task finished", extra={"status": final, "reason": why})
