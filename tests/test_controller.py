@@ -153,3 +153,35 @@ def test_retry_succeeds_on_the_third_attempt_and_a_step_timeout_fails_the_task(
     assert slow.status == S.TASK_STATUS_FAILED and slow.reason == "timeout", slow
     assert steps_of(slow)["slow"].status == S.STEP_STATUS_FAILED
     assert "timeoutSeconds (1s)" in steps_of(slow)["slow"].message
+
+
+def test_a_step_end_is_visible_while_its_siblings_still_run_and_events_keep_their_order(
+    stack: Stack,
+) -> None:
+    # A step's end is kept back for the task's next write; with nothing else to write (its
+    # sibling still runs) it is written on its own at once.
+    sleep = lambda name, seconds, **extra: {  # noqa: E731
+        "name": name, "type": "sleep", "properties": {"seconds": seconds}, **extra
+    }  # fmt: skip
+    stack.put_workflow(
+        "branches",
+        {"mode": "DAG", "steps": [sleep("quick", 0), sleep("slow", 3), sleep("after", 0, dependsOn=["quick", "slow"])]},
+    )  # fmt: skip
+    with stack.client() as flowq:
+        task_id = flowq.exec_workflow("demo", "branches").task_id
+        seen = eventually(
+            lambda: (
+                (t := flowq.get_task(task_id))
+                and steps_of(t)["quick"].status == S.STEP_STATUS_SUCCEEDED
+                and t
+            ),
+            timeout=10,
+            what="the quick step SUCCEEDED",
+        )
+        assert steps_of(seen)["slow"].status == S.STEP_STATUS_RUNNING  # seen before slow ended
+        task = flowq.wait(task_id, timeout=30)
+    assert task.status == S.TASK_STATUS_SUCCEEDED
+    events = [(e.type, e.message) for e in task.events if e.type.startswith("step-")]
+    assert events.index(("step-succeeded", "slow")) < events.index(("step-started", "after attempt 1"))
+    assert events[-1] == ("step-succeeded", "after")  # written with the task's end, before it
+    assert task.events[-1].type == "succeeded"
