@@ -5,12 +5,36 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, and_, bindparam, case, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from flowq import status
-from flowq.db.engine import update
 from flowq.db.models import ExecutorLeaseRow, StepRunRow, TaskRow
+
+_STEPS = StepRunRow.__table__
+_RUNNING = _STEPS.c.status == status.RUNNING
+# Built once (hot path: every task's end); one statement when both kinds of step are settled.
+_SETTLE_RUNNING = (
+    _STEPS.update()
+    .where(_STEPS.c.task_id == bindparam("task"), _RUNNING)
+    .values(status=bindparam("to"), message=bindparam("why"))
+)
+_SKIP_PENDING = (
+    _STEPS.update()
+    .where(_STEPS.c.task_id == bindparam("task"), _STEPS.c.status == status.PENDING)
+    .values(status=status.SKIPPED, message=bindparam("skip"))
+)
+_SETTLE_BOTH = (
+    _STEPS.update()
+    .where(
+        _STEPS.c.task_id == bindparam("task"),
+        _STEPS.c.status.in_([status.RUNNING, status.PENDING]),
+    )
+    .values(
+        status=case((_RUNNING, bindparam("to")), else_=status.SKIPPED),
+        message=case((_RUNNING, bindparam("why")), else_=bindparam("skip")),
+    )
+)
 
 
 def owner_gone(now: datetime, lease_ttl_seconds: float) -> ColumnElement[bool]:
@@ -35,15 +59,14 @@ async def settle_steps(
 ) -> None:
     """RUNNING steps become `running_to` (PENDING to run again, FAILED, ...); with `skip_pending`,
     steps not started become SKIPPED with that message. Part of the caller's transaction."""
-    if running_to is not None:
+    if running_to is not None and skip_pending is not None:
         await session.execute(
-            update(StepRunRow)
-            .where(StepRunRow.task_id == task_id, StepRunRow.status == status.RUNNING)
-            .values(status=running_to, message=running_message)
+            _SETTLE_BOTH,
+            {"task": task_id, "to": running_to, "why": running_message, "skip": skip_pending},
         )
-    if skip_pending is not None:
+    elif running_to is not None:
         await session.execute(
-            update(StepRunRow)
-            .where(StepRunRow.task_id == task_id, StepRunRow.status == status.PENDING)
-            .values(status=status.SKIPPED, message=skip_pending)
+            _SETTLE_RUNNING, {"task": task_id, "to": running_to, "why": running_message}
         )
+    elif skip_pending is not None:
+        await session.execute(_SKIP_PENDING, {"task": task_id, "skip": skip_pending})

@@ -65,9 +65,13 @@ async def exec_workflow(
         existing = await _by_idempotency_key(session, app_id, key)
         if existing is not None:
             return await _same_request(session, existing, workflow_name)
-    workflow = await session.scalar(
-        select(WorkflowRow).where(WorkflowRow.app_id == app_id, WorkflowRow.name == workflow_name)
-    )
+    workflow = (
+        await session.execute(
+            select(WorkflowRow.spec, WorkflowRow.version).where(
+                WorkflowRow.app_id == app_id, WorkflowRow.name == workflow_name
+            )
+        )
+    ).one_or_none()
     if workflow is None:
         raise NotFoundError(
             f"workflow {workflow_name!r} not found in application {app_id!r}; "
