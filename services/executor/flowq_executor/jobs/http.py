@@ -11,6 +11,8 @@ must act once can key on the task and step.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from typing import Any
 
 import httpx
@@ -19,6 +21,13 @@ from flowq_executor.jobs.base import OutputTail, StepContext, StepFailedError
 
 MAX_REDIRECTS = 10
 BODY_TAIL_CHARS = 2000
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), built once:
+    building it costs milliseconds of CPU, and every client would build its own."""
+    return httpx.create_ssl_context()
 
 
 class HttpJob:
@@ -56,7 +65,7 @@ class HttpJob:
             content = self.body
         elif self.body is not None:
             json = self.body
-        async with httpx.AsyncClient(timeout=None, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=None, follow_redirects=False, verify=_tls()) as client:
             request = client.build_request(
                 self.method, self.url, headers=self.headers, content=content, json=json
             )
