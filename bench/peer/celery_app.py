@@ -6,6 +6,7 @@ BENCH_CELERY_BROKER (a Redis URL).
 
 import os
 import time
+import urllib.request
 
 from celery import Celery
 
@@ -25,3 +26,19 @@ def step(seconds: float = 0.0) -> None:
     """One step: sleep `seconds` (0: a no-op)."""
     if seconds:
         time.sleep(seconds)
+
+
+@app.task
+def stamp() -> float:
+    """A no-op step that says when it started (for the latency workload)."""
+    return time.time()
+
+
+@app.task(bind=True)
+def record(self, ledger_url: str, key: str) -> None:
+    """A step with a side effect: tell the ledger that `key` ran, and on which worker (the
+    recovery workload)."""
+    headers = {"X-Ledger-Key": key, "X-Ledger-Worker": self.request.hostname or ""}
+    request = urllib.request.Request(ledger_url, data=b"", headers=headers)
+    with urllib.request.urlopen(request, timeout=30):
+        pass
