@@ -9,6 +9,7 @@ from pathlib import Path
 from flowq.client import Client
 from flowq.v1 import types_pb2
 from tests.support.flows import ledger_workflow
+from tests.support.pg import LocalPostgres, create_database
 from tests.support.stack import Stack
 
 FAST_LEASE = {
@@ -355,3 +356,38 @@ def test_an_owner_lost_too_often_fails_the_task_with_owner_lost(
         types_pb2.STEP_STATUS_FAILED,
         types_pb2.STEP_STATUS_SKIPPED,
     ]
+
+
+def test_a_database_outage_mid_task_hands_it_back_keeping_the_steps_that_succeeded(
+    procs, redis_server_url, key_prefix, tmp_path
+) -> None:
+    # Step one ends while PostgreSQL is down: its end is kept back for the next write (step
+    # two's start), which fails. The hand-back, retried until the database returns, must
+    # record step one as SUCCEEDED, so that it never runs again.
+    ledger = tmp_path / "ledger"
+    with LocalPostgres() as pg:
+        stack = Stack(procs, create_database(pg.url), redis_server_url, key_prefix).start()
+        one = f"echo start-one >> {ledger}; sleep 2; echo end-one >> {ledger}"
+        two = f"echo start-two >> {ledger}"
+        stack.put_workflow(
+            "outage",
+            {
+                "steps": [
+                    {"name": "one", "type": "shell", "properties": {"command": one}},
+                    {"name": "two", "type": "shell", "properties": {"command": two}},
+                ]
+            },
+        )
+        with Client(stack.target()) as flowq:
+            task = flowq.exec_workflow("demo", "outage")
+            wait_for_line(ledger, "start-one")
+            pg.kill()
+            wait_for_line(ledger, "end-one")
+            time.sleep(1.5)  # step two's start, carrying step one's end, fails meanwhile
+            pg.start()
+            done = flowq.wait(task.task_id, timeout=90)
+    steps = {s.name: s for s in done.steps}
+    assert done.status == types_pb2.TASK_STATUS_SUCCEEDED, done
+    assert done.attempt == 2, done  # handed back once, after the executor error
+    assert steps["one"].status == types_pb2.STEP_STATUS_SUCCEEDED and steps["one"].attempts == 1
+    assert ledger.read_text().split() == ["start-one", "end-one", "start-two"]

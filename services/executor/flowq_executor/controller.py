@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,9 +76,12 @@ class TaskController:
     db: Database
     claimed: Claimed
     allow_shell: bool
-    #: Hands the task back to the queue (RUNNING -> QUEUED, epoch + 1, re-enqueued);
-    #: the third argument says it failed here (counts as an attempt).
-    hand_back: Callable[[repository.Fence, str, bool], Awaitable[None]]
+    #: Hands the task back to the queue (RUNNING -> QUEUED, epoch + 1, re-enqueued); the third
+    #: argument says it failed here (counts as an attempt), the fourth are step ends still kept
+    #: back, written in the same transaction.
+    hand_back: Callable[
+        [repository.Fence, str, bool, Sequence[repository.StepWrite]], Awaitable[None]
+    ]
     #: Called when the task ended or was handed back; the runner frees the slot.
     on_done: Callable[[], None] = lambda: None
     kube: KubeClient | None = None
@@ -156,7 +159,8 @@ class TaskController:
                 log.exception("task run failed; handing the task back")
                 self.request_stop("released", f"executor error: {type(exc).__name__}: {exc}")
                 await self._await_steps()
-                await self.hand_back(self.fence, self.stop.message, True)
+                # Steps that succeeded are recorded with the hand-back, so they do not run again.
+                await self.hand_back(self.fence, self.stop.message, True, self._take_kept())
             finally:
                 self.on_done()
 
@@ -390,17 +394,8 @@ class TaskController:
         if reason == "fenced":
             return  # the task belongs to someone else now
         if reason == "released":
-            try:  # what finished is recorded, so another executor does not run it again
-                await self._write_kept()
-            except FencedError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the step runs again elsewhere
-                log.warning(
-                    "could not record a finished step before handing the task back; it runs "
-                    "again on the next executor",
-                    extra={"error": str(exc)},
-                )
-            await self.hand_back(self.fence, self.stop.message, False)
+            # Steps that succeeded are recorded with the hand-back, so they do not run again.
+            await self.hand_back(self.fence, self.stop.message, False, self._take_kept())
             return
         if reason == "cancelled":
             final, why, message = (
@@ -419,8 +414,11 @@ class TaskController:
             message = f"step {name!r} failed: {error}"
         else:
             final, why, message = status.SUCCEEDED, "", ""
-        async with self._writing() as s:
-            await repository.finish_task(
-                s, self.fence, final, why, message, before=self._take_kept()
-            )
+        kept = self._take_kept()
+        try:
+            async with self._writing() as s:
+                await repository.finish_task(s, self.fence, final, why, message, before=kept)
+        except BaseException:
+            self._kept[:0] = kept  # a hand-back after this error still records them
+            raise
         log.info("task finished", extra={"status": final, "reason": why})

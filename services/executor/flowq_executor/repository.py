@@ -311,11 +311,13 @@ async def release(
     *,
     count_attempt: bool = False,
     max_attempts: int = 3,
+    before: Sequence[StepWrite] = (),
 ) -> str | None:
     """Hand a task back: RUNNING -> QUEUED with epoch + 1, so another executor takes it at once.
 
     With `count_attempt` (an executor error, not a shutdown) attempt + 1, and FAILED past
-    `max_attempts`. Returns the new status, or None when the fence had moved.
+    `max_attempts`. The step writes `before` (ends kept back) come first, so steps that
+    succeeded stay SUCCEEDED. Returns the new status, or None when the fence had moved.
     """
     now = utcnow()
     give_up = count_attempt and fence.attempt >= max_attempts
@@ -340,6 +342,7 @@ async def release(
     if result.rowcount != 1:
         await session.rollback()
         return None
+    await _write_steps(session, fence, before)
     await settle_steps(
         session,
         fence.task_id,

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -144,11 +145,18 @@ class TaskRunner:
 
     # -- hand back -------------------------------------------------------------------------
 
-    async def hand_back(self, fence: repository.Fence, why: str, failure: bool = False) -> None:
+    async def hand_back(
+        self,
+        fence: repository.Fence,
+        why: str,
+        failure: bool = False,
+        kept: Sequence[repository.StepWrite] = (),
+    ) -> None:
         """RUNNING -> QUEUED (epoch + 1) and re-enqueue, retrying a short while on errors.
 
         A hand-back after an executor error (`failure`) counts as an attempt: past
         FLOWQ_MAX_TASK_ATTEMPTS the task is FAILED instead of looping through executors forever.
+        `kept` (step ends not yet written) are written first, in the same transaction.
         """
         backoff = Backoff(base=0.2, cap=5.0)
         deadline = time.monotonic() + HAND_BACK_SECONDS
@@ -162,6 +170,7 @@ class TaskRunner:
                             why,
                             count_attempt=failure,
                             max_attempts=self.settings.max_task_attempts,
+                            before=kept,
                         )
                     break
                 except Exception as exc:  # noqa: BLE001 - retried, then left to the recovery sweep
