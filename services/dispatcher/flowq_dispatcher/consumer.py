@@ -92,8 +92,9 @@ class Consumer:
             base=0.1, cap=min(settings.backoff_max_seconds, DEPENDENCY_PAUSE_MAX_SECONDS)
         )
         self._paused_until = 0.0
-        #: entry id -> (fields, deliveries): pending under this consumer, waiting for a
-        #: dependency; offered again before anything new is read (in insertion order).
+        #: entry id -> (fields, its delivery count in Redis): pending under this consumer,
+        #: waiting for a dependency; offered again before anything new is read, oldest offer
+        #: first (an entry offered again goes to the end, so none is starved).
         self._held: dict[str, tuple[dict[str, str], int]] = {}
 
     async def read_loop(self) -> None:
@@ -102,10 +103,7 @@ class Consumer:
             beat()
             await self._wait_while_paused()
             if self._held:
-                held = list(self._held.items())[:BATCH]
-                await self._settle_all(
-                    [(i, fields) for i, (fields, _) in held], {i: d for i, (_, d) in held}
-                )
+                await self._settle_all(held=True)
                 continue
             try:
                 if not self.redis_ok:
@@ -174,8 +172,22 @@ class Consumer:
         )
         await self._sleep(delay)
 
-    async def _settle_all(self, entries: list[stream.Entry], deliveries: dict[str, int]) -> None:
+    async def _settle_all(
+        self,
+        entries: list[stream.Entry] | None = None,
+        deliveries: dict[str, int] | None = None,
+        *,
+        held: bool = False,
+    ) -> None:
+        """Settle `entries` (delivered `deliveries` times), or with `held` the oldest held
+        entries (taken under the lock: the claim loop may have settled some meanwhile)."""
         async with self._busy:
+            if held:
+                batch = list(self._held.items())[:BATCH]
+                entries = [(i, f) for i, (f, _) in batch]
+                # Offering a held entry again counts as a delivery, as its XCLAIM would.
+                deliveries = {i: count + 1 for i, (_, count) in batch}
+            assert entries is not None and deliveries is not None
             fields = dict(entries)
             live = [
                 (i, f) for i, f in entries if deliveries.get(i, 1) <= self.settings.max_deliveries
@@ -194,16 +206,29 @@ class Consumer:
             results = await handle_batch(self.db, live, self.run_task, MAX_CONCURRENT_CALLS)
             for entry_id in fields:
                 result = results.get(entry_id)
+                self._held.pop(entry_id, None)
                 if result is not None and result.outcome is Outcome.UNAVAILABLE:
-                    self._held[entry_id] = (fields[entry_id], deliveries.get(entry_id, 1))
-                else:
-                    self._held.pop(entry_id, None)
+                    # Its count goes back to what it was before this delivery (see _after).
+                    count = max(0, deliveries.get(entry_id, 1) - 1)
+                    self._held[entry_id] = (fields[entry_id], count)
             HELD.set(len(self._held))
             acked = [i for i, r in results.items() if r.outcome.acks]
             for result in results.values():
                 MESSAGES.labels(outcome=result.outcome.value).inc()
             if acked and not await self._guard(stream.ack(self.redis, self.keys, *acked)):
-                return  # not acked: they stay pending and are claimed again later
+                # Not acked: they stay pending and are claimed again later. Redis is away, so
+                # pause before offering held entries again (the read loop would not).
+                self.redis_ok = False
+                self._paused_until = time.monotonic() + self._dependency_backoff.next()
+                return
+            if held:  # a held entry's count in Redis lags one behind: a failure must count
+                for entry_id, result in results.items():
+                    if result.outcome is Outcome.RETRY:
+                        await self._guard(
+                            stream.set_delivery_count(
+                                self.redis, self.keys, self.name, entry_id, deliveries[entry_id]
+                            )
+                        )
             unavailable = False
             for entry_id, result in results.items():
                 with log_context(entry_id=entry_id, task_id=result.task_id):
