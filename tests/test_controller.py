@@ -182,6 +182,16 @@ def test_a_step_end_is_visible_while_its_siblings_still_run_and_events_keep_thei
         task = flowq.wait(task_id, timeout=30)
     assert task.status == S.TASK_STATUS_SUCCEEDED
     events = [(e.type, e.message) for e in task.events if e.type.startswith("step-")]
-    assert events.index(("step-succeeded", "slow")) < events.index(("step-started", "after attempt 1"))
+    assert events.index(("step-succeeded", "slow")) < events.index(
+        ("step-started", "after attempt 1")
+    )
     assert events[-1] == ("step-succeeded", "after")  # written with the task's end, before it
     assert task.events[-1].type == "succeeded"
+
+
+def test_a_command_that_cannot_start_says_so(stack: Stack) -> None:
+    stack.put_workflow("typo", {"steps": [shell("run", ["no-such-command-xyz", "--now"])]})
+    with stack.client() as flowq:
+        task = flowq.wait(flowq.exec_workflow("demo", "typo").task_id, timeout=30)
+    assert task.status == S.TASK_STATUS_FAILED, task
+    assert "cannot start 'no-such-command-xyz': No such file or directory" in task.message

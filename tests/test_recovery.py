@@ -3,6 +3,8 @@ lease expires and resumes at its first unfinished step; nothing ran twice that h
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from flowq.client import Client
 from flowq.v1 import types_pb2
 from tests.support.flows import ledger_workflow
 from tests.support.pg import LocalPostgres, create_database
+from tests.support.proctree import alive
 from tests.support.stack import Stack
 
 FAST_LEASE = {
@@ -391,3 +394,28 @@ def test_a_database_outage_mid_task_hands_it_back_keeping_the_steps_that_succeed
     assert done.attempt == 2, done  # handed back once, after the executor error
     assert steps["one"].status == types_pb2.STEP_STATUS_SUCCEEDED and steps["one"].attempts == 1
     assert ledger.read_text().split() == ["start-one", "end-one", "start-two"]
+
+
+def test_a_shell_step_dies_with_its_executor_even_outside_a_container(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    # kill -9 of the executor process alone (not its tree, as a container's end would do): the
+    # step's shell must die at once, not finish its work beside the run that resumes it.
+    # A long lease keeps recovery out of the picture for the test's length.
+    env = {"FLOWQ_LEASE_TTL_SECONDS": "60", "FLOWQ_HEARTBEAT_SECONDS": "1"}
+    stack = Stack(procs, sqlite_database_url, redis_server_url, key_prefix, extra_env=env).start()
+    ledger, pid_file = tmp_path / "ledger", tmp_path / "pid"
+    command = f"echo $$ > {pid_file}; echo start >> {ledger}; sleep 5; echo end >> {ledger}"
+    stack.put_workflow(
+        "orphan", {"steps": [{"name": "s", "type": "shell", "properties": {"command": command}}]}
+    )
+    with Client(stack.target()) as flowq:
+        flowq.exec_workflow("demo", "orphan")
+        wait_for_line(ledger, "start")
+        shell_pid = int(pid_file.read_text())
+        os.kill(stack.processes["executor"].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 2  # the shell would live 5 s more
+        while alive(shell_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(shell_pid), "the step's shell outlived its executor"
+    assert ledger.read_text().split() == ["start"]  # killed, it never gets to write "end"

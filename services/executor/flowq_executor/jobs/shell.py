@@ -1,6 +1,12 @@
 """`shell` steps: a local command in its own process group.
 
 On cancellation or timeout the whole group gets SIGTERM, then SIGKILL after a short grace.
+
+The command is started through util-linux's `setpriv --pdeathsig KILL` when it is installed
+(it is in Debian-based images): the kernel kills the command the moment its executor dies,
+so an executor killed outside a container (where its whole container would go with it)
+leaves no step running beside the one that resumes its task elsewhere. Without setpriv the
+command runs as it is, and only the group kill above stops it.
 """
 
 from __future__ import annotations
@@ -8,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 
 from flowq_executor.jobs.base import OutputTail, StepContext, StepFailedError
 
 KILL_GRACE_SECONDS = 3.0
+SETPRIV = shutil.which("setpriv")
+_SETPRIV_CANNOT_EXEC = "setpriv: failed to execute "
 
 
 class ShellJob:
@@ -42,9 +51,11 @@ class ShellJob:
             raise StepFailedError(
                 "shell steps are disabled on this executor (set FLOWQ_EXECUTOR_ALLOW_SHELL=true)"
             )
+        argv = self._argv()
+        launch = [SETPRIV, "--pdeathsig", "KILL", "--", *argv] if SETPRIV else argv
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._argv(),
+                *launch,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -53,9 +64,7 @@ class ShellJob:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise StepFailedError(
-                f"cannot start {self._argv()[0]!r}: {exc.strerror or exc}"
-            ) from None
+            raise StepFailedError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
         try:
             assert proc.stdout is not None
             while chunk := await proc.stdout.read(4096):
@@ -64,6 +73,9 @@ class ShellJob:
         except BaseException:
             await _stop_group(proc)
             raise
+        if SETPRIV and code == 127 and self.tail.text().startswith(_SETPRIV_CANNOT_EXEC):
+            why = self.tail.text().strip().rsplit(": ", 1)[-1]  # as without setpriv
+            raise StepFailedError(f"cannot start {argv[0]!r}: {why}")
         if code != 0:
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             raise StepFailedError(f"command failed with {how}", self.tail.text())
