@@ -242,3 +242,38 @@ def test_a_burst_beyond_the_executors_capacity_waits_in_order_not_for_the_claim_
     assert refused and float(refused.group(1)) > 0, "the executor was never full: no test"
     assert "flowq_dispatcher_entries_held 0.0" in metrics
     assert sorted(ledger.read_text().split()) == sorted(tasks)  # each ran exactly once
+
+
+def test_a_parked_task_whose_dead_letter_redis_lost_is_enqueued_again(
+    procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
+) -> None:
+    # A dead-lettered task is parked until someone replays or purges its letter. When the
+    # letter is gone (Redis lost its data), nobody can: the sweep must enqueue it again.
+    stack = Stack(
+        procs,
+        sqlite_database_url,
+        redis_server_url,
+        key_prefix,
+        extra_env={"FLOWQ_SWEEP_INTERVAL_SECONDS": "0.5", "FLOWQ_MAX_DELIVERIES": "2"},
+    ).start("executor", "apiserver")
+    ledger = tmp_path / "ledger"
+    ledger_workflow(stack, ledger)
+    db_path = sqlite_database_url.removeprefix("sqlite:///")
+    with stack.client() as flowq:
+        task = flowq.exec_workflow("demo", "count")
+        with sqlite3.connect(db_path) as db:  # a row no executor can read: RunTask fails
+            good_spec = db.execute("SELECT workflow_spec FROM tasks").fetchone()[0]
+            db.execute("UPDATE tasks SET workflow_spec = '{broken'")
+        stack.start("dispatcher")
+        eventually(lambda: len(flowq.list_dead_letters()) == 1, timeout=60, what="a dead letter")
+        with sqlite3.connect(db_path) as db:
+            db.execute("UPDATE tasks SET workflow_spec = ?", (good_spec,))
+        assert flowq.get_task(task.task_id).status == types_pb2.TASK_STATUS_QUEUED  # parked
+        redis.Redis.from_url(redis_server_url).delete(f"{key_prefix}:dispatch:dlq")
+        done = flowq.wait(task.task_id, timeout=30)
+    assert done.status == SUCCEEDED, done
+    recovered = [e.message for e in done.events if e.type == "recovered"]
+    assert recovered and "dead letter is gone" in recovered[0]
+    assert ledger.read_text().split() == [task.task_id]
+    metrics = stack.metrics("dispatcher")
+    assert 'flowq_tasks_recovered_total{reason="dead-letter-lost"} 1.0' in metrics

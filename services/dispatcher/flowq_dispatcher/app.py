@@ -160,6 +160,7 @@ class Dispatcher(Service):
                         self.db, self.redis, self.keys, self.settings.requeue_after_seconds
                     ),
                 ),
+                ("unpark", lambda: sweep.unpark_lost(self.db, self.redis, self.keys)),
             ]
             if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL_SECONDS:
                 last_housekeeping = time.monotonic()

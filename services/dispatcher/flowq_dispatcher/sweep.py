@@ -6,6 +6,8 @@ Every change is a compare-and-set, so any number of dispatchers may sweep at onc
   lost its data): enqueued again. Handled entries are deleted from the stream, so every task
   with an entry in the stream was enqueued at or after the oldest one; a long backlog is never
   duplicated. Tasks parked by a dead letter (`enqueued_at` NULL) wait for a replay.
+- QUEUED and parked, but with no dead letter left (a Redis that lost its data, a dead-letter
+  stream deleted by hand): nobody could replay or purge them, so they are enqueued again.
 - RUNNING whose owner's lease expired: back to QUEUED (epoch + 1, attempt + 1), enqueued;
   past FLOWQ_MAX_TASK_ATTEMPTS: FAILED (owner-lost).
 Start-up never cancels anything: a task is recovered only because its owner's lease expired.
@@ -89,6 +91,80 @@ async def requeue_stale(
             count += 1
     if count:
         log.info("re-enqueued queued tasks not delivered recently", extra={"tasks": count})
+    return count
+
+
+#: Dead letters are read this many at a time when looking for parked tasks' letters.
+DEAD_LETTER_PAGE = 1000
+
+
+async def _dead_letter_task_ids(redis: aioredis.Redis, keys: Keys) -> set[str]:
+    """The task ids of every dead letter (the whole stream, page by page)."""
+    task_ids: set[str] = set()
+    start = "-"
+    while True:
+        page = await redis.xrange(keys.dead_letters, min=start, max="+", count=DEAD_LETTER_PAGE)
+        for _entry_id, fields in page:
+            for key, value in fields.items():
+                if _text(key) == "field:taskId":
+                    task_ids.add(_text(value))
+        if len(page) < DEAD_LETTER_PAGE:
+            return task_ids
+        start = "(" + _text(page[-1][0])
+
+
+async def unpark_lost(db: Database, redis: aioredis.Redis, keys: Keys) -> int:
+    """Enqueue again the parked tasks (QUEUED, `enqueued_at` NULL) whose dead letter is gone.
+
+    A purge fails the task before it deletes the letter, so a purged task is never taken for
+    lost; a replay re-enqueues before it un-parks, so at worst it gets a second entry, which
+    the dispatcher acks as a duplicate.
+    """
+    async with db.session() as session:
+        parked = (
+            await session.execute(
+                select(TaskRow.id, TaskRow.attempt)
+                .where(TaskRow.status == status.QUEUED, TaskRow.enqueued_at.is_(None))
+                .order_by(TaskRow.id)
+                .limit(SWEEP_BATCH)
+            )
+        ).all()
+    if not parked:
+        return 0
+    letters = await _dead_letter_task_ids(redis, keys)  # read after the parked tasks
+    count = 0
+    for task_id, attempt in parked:
+        if task_id in letters:
+            continue
+        now = utcnow()
+        async with db.session() as session:
+            result = await session.execute(
+                update(TaskRow)
+                .where(
+                    TaskRow.id == task_id,
+                    TaskRow.status == status.QUEUED,
+                    TaskRow.enqueued_at.is_(None),
+                )
+                .values(enqueued_at=now, updated_at=now)
+            )
+            if result.rowcount != 1:
+                await session.rollback()
+                continue
+            session.add(
+                TaskEventRow(
+                    task_id=task_id,
+                    at=now,
+                    type="recovered",
+                    message="its dead letter is gone (did Redis lose its data?); enqueued again",
+                    attempt=attempt,
+                )
+            )
+            await session.commit()
+        await stream.enqueue(redis, keys, stream.Envelope.new(task_id, attempt))
+        RECOVERED.labels(reason="dead-letter-lost").inc()
+        count += 1
+    if count:
+        log.warning("re-enqueued parked tasks whose dead letter is gone", extra={"tasks": count})
     return count
 
 
