@@ -12,7 +12,6 @@ counted once per process. Where PSS cannot be read, the resident set (RSS) is us
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -126,12 +125,3 @@ class PgCounters:
 
     def close(self) -> None:
         self._engine.dispose()
-
-
-def wait_until(check, timeout: float, what: str, poll: float = 0.05) -> None:
-    """Poll `check()` until it is true; RuntimeError naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not done after {timeout:.0f} s")
-        time.sleep(poll)

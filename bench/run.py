@@ -50,10 +50,11 @@ import redis  # noqa: E402
 import sqlalchemy  # noqa: E402
 
 from bench.ledger import Ledger  # noqa: E402
-from bench.measure import PgCounters, Probe, redis_commands, redis_pid, wait_until  # noqa: E402
+from bench.measure import PgCounters, Probe, redis_commands, redis_pid  # noqa: E402
 from flowq.client import Client  # noqa: E402
 from flowq.db import sync_url  # noqa: E402
 from flowq.localredis import LocalRedis, redis_answers_sync  # noqa: E402
+from tests.support.flows import eventually  # noqa: E402
 from tests.support.pg import (  # noqa: E402
     LocalPostgres,
     can_create_databases,
@@ -182,10 +183,10 @@ class Flowq:
         self.stack.put_workflow(name, doc, app_id="bench")
         return name
 
-    def _exec(self, name: str, i: int) -> str:
+    def exec_one(self, name: str, i: int) -> str:
         return self.clients[i % CLIENTS].exec_workflow("bench", name).task_id
 
-    def _submit(self, name: str, n: int) -> list[str]:
+    def submit(self, name: str, n: int) -> list[str]:
         with ThreadPoolExecutor(CLIENTS) as pool:
             return list(
                 pool.map(
@@ -194,7 +195,7 @@ class Flowq:
                 )
             )
 
-    def _finished(self, name: str) -> dict[str, int]:
+    def statuses(self, name: str) -> dict[str, int]:
         query = sqlalchemy.text(
             "SELECT status, count(*) FROM tasks WHERE workflow_name = :w GROUP BY status"
         )
@@ -202,8 +203,8 @@ class Flowq:
             return {status: count for status, count in conn.execute(query, {"w": name})}
 
     def _wait(self, name: str, n: int, timeout: float = 600) -> None:
-        wait_until(
-            lambda: self._finished(name).get("SUCCEEDED", 0) == n,
+        eventually(
+            lambda: self.statuses(name).get("SUCCEEDED", 0) == n,
             timeout,
             f"flowq {name}: {n} workflows SUCCEEDED",
         )
@@ -211,13 +212,13 @@ class Flowq:
     def throughput(self, workload: str, n: int) -> float:
         name = self._put(workload, sleep_workflow(*SHAPES[workload]))
         started = time.monotonic()
-        self._submit(name, n)
+        self.submit(name, n)
         self._wait(name, n)
         return time.monotonic() - started
 
     def latency(self, n: int, rate: float) -> list[dict[str, float]]:
         name = self._put("latency", sleep_workflow(1, 0.0))
-        sent = {task: due for due, task in paced(n, rate, partial(self._exec, name))}
+        sent = {task: due for due, task in paced(n, rate, partial(self.exec_one, name))}
         self._wait(name, n)
         query = sqlalchemy.text(
             "SELECT t.id, t.enqueued_at, s.started_at, t.finished_at FROM tasks t "
@@ -330,42 +331,36 @@ def recovery_flowq(servers: Servers, n: int, rate: float, ledger: Ledger, cap: f
             try:
                 started = time.monotonic()
                 submitter = threading.Thread(
-                    target=paced, args=(n, rate, partial(flowq._exec, "record")), daemon=True
+                    target=paced, args=(n, rate, partial(flowq.exec_one, "record")), daemon=True
                 )
                 submitter.start()
-                wait_until(lambda: ledger.unique() >= n // 2, 300, "half the ledger")
-                # The victim is an executor that holds a task now.
-                owner = ""
+                eventually(lambda: ledger.unique() >= n // 2, 300, "half the ledger")
 
-                def someone_runs() -> bool:
-                    nonlocal owner
+                def running_owner() -> str | None:
                     with flowq.engine.connect() as conn:
-                        owner = (
-                            conn.execute(
-                                sqlalchemy.text(
-                                    "SELECT owner_id FROM tasks WHERE status = 'RUNNING' LIMIT 1"
-                                )
-                            ).scalar_one_or_none()
-                            or ""
-                        )
-                    return bool(owner)
+                        return conn.execute(
+                            sqlalchemy.text(
+                                "SELECT owner_id FROM tasks WHERE status = 'RUNNING' LIMIT 1"
+                            )
+                        ).scalar_one_or_none()
 
-                wait_until(someone_runs, 30, "an executor holding a task", poll=0.005)
+                # The victim is an executor that holds a task now.
+                owner = eventually(running_owner, 30, "an executor holding a task", poll=0.005)
                 stack.owner_process(owner)[1].kill()
                 killed, killed_at = time.monotonic(), time.time()
                 ended = ("SUCCEEDED", "FAILED", "CANCELLED")
 
                 def all_ended() -> bool:
-                    statuses = flowq._finished("record")
+                    statuses = flowq.statuses("record")
                     return sum(statuses.get(s, 0) for s in ended) == n
 
                 try:
-                    wait_until(all_ended, cap, "flowq recovery", poll=0.02)
+                    eventually(all_ended, cap, "flowq recovery", poll=0.02)
                     recovered = time.monotonic() - killed
-                except RuntimeError:
+                except AssertionError:  # not within the cap
                     recovered = None
                 submitter.join()
-                statuses = flowq._finished("record")
+                statuses = flowq.statuses("record")
                 # The killed executor's tasks: those the sweep recovered.
                 with flowq.engine.connect() as conn:
                     moved, last = conn.execute(
@@ -412,18 +407,15 @@ def recovery_celery(
             daemon=True,
         )
         submitter.start()
-        wait_until(lambda: ledger.unique() >= n // 2, 300, "half the ledger")
+        eventually(lambda: ledger.unique() >= n // 2, 300, "half the ledger")
         # The victim is a worker with a task in flight now (hostnames are "a@..." and "b@...").
-        busy: list[str] = []
-        wait_until(
-            lambda: busy.extend(ledger.busy()) or busy, 30, "a worker with a task in flight", 0.005
-        )
+        busy = eventually(ledger.busy, 30, "a worker with a task in flight", poll=0.005)
         workers[0 if busy[0].startswith("a@") else 1].kill()
         killed = time.monotonic()
         try:
-            wait_until(lambda: ledger.unique() >= n, cap, "celery recovery", poll=0.02)
+            eventually(lambda: ledger.unique() >= n, cap, "celery recovery", poll=0.02)
             recovered = time.monotonic() - killed
-        except RuntimeError:
+        except AssertionError:  # not within the cap
             recovered = None
         submitter.join(timeout=60)
         # Messages the dead worker took and never acked: the broker hands them out again only

@@ -81,7 +81,9 @@ def free_port(host: str = LOCALHOST) -> int:
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # fall back to the kernel
         sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def port_listening(port: int, host: str = LOCALHOST, timeout: float = 0.5) -> bool:

@@ -13,15 +13,18 @@ from .stack import Stack
 T = TypeVar("T")
 
 
-def eventually(check: Callable[[], T], timeout: float = 30, what: str = "condition") -> T:
-    """Call `check` until it returns something true (returned), or fail after `timeout` s."""
+def eventually(
+    check: Callable[[], T], timeout: float = 30, what: str = "condition", poll: float = 0.1
+) -> T:
+    """Call `check` every `poll` s until it returns something true (returned), or fail after
+    `timeout` s."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
-        time.sleep(0.1)
+        time.sleep(poll)
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 

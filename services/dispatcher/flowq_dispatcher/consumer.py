@@ -103,7 +103,7 @@ class Consumer:
             beat()
             await self._wait_while_paused()
             if self._held:
-                await self._settle_all(held=True)
+                await self._settle_held()
                 continue
             try:
                 if not self.redis_ok:
@@ -172,89 +172,92 @@ class Consumer:
         )
         await self._sleep(delay)
 
-    async def _settle_all(
-        self,
-        entries: list[stream.Entry] | None = None,
-        deliveries: dict[str, int] | None = None,
-        *,
-        held: bool = False,
-    ) -> None:
-        """Settle `entries` (delivered `deliveries` times), or with `held` the oldest held
-        entries (taken under the lock: the claim loop may have settled some meanwhile)."""
+    async def _settle_held(self) -> None:
+        """Offer the oldest held entries again (taken under the lock: the claim loop may have
+        settled some meanwhile)."""
         async with self._busy:
-            if held:
-                batch = list(self._held.items())[:BATCH]
-                entries = [(i, f) for i, (f, _) in batch]
-                # Offering a held entry again counts as a delivery, as its XCLAIM would.
-                deliveries = {i: count + 1 for i, (_, count) in batch}
-            assert entries is not None and deliveries is not None
-            fields = dict(entries)
-            live = [
-                (i, f) for i, f in entries if deliveries.get(i, 1) <= self.settings.max_deliveries
-            ]
-            for entry_id, _ in entries:
-                if deliveries.get(entry_id, 1) > self.settings.max_deliveries:
-                    await self._guard(
-                        self._dead_letter(
-                            entry_id,
-                            fields[entry_id],
-                            "max-deliveries",
-                            deliveries[entry_id],
-                            "delivered more times than FLOWQ_MAX_DELIVERIES without an outcome",
-                        )
+            batch = list(self._held.items())[:BATCH]
+            # Offering a held entry again counts as a delivery, as its XCLAIM would.
+            await self._settle(
+                [(i, f) for i, (f, _) in batch],
+                {i: count + 1 for i, (_, count) in batch},
+                held=True,
+            )
+
+    async def _settle_all(self, entries: list[stream.Entry], deliveries: dict[str, int]) -> None:
+        """Settle `entries`, delivered `deliveries` times."""
+        async with self._busy:
+            await self._settle(entries, deliveries)
+
+    async def _settle(
+        self, entries: list[stream.Entry], deliveries: dict[str, int], held: bool = False
+    ) -> None:
+        """Settle a batch; the caller holds `_busy`."""
+        fields = dict(entries)
+        live = [(i, f) for i, f in entries if deliveries.get(i, 1) <= self.settings.max_deliveries]
+        for entry_id, _ in entries:
+            if deliveries.get(entry_id, 1) > self.settings.max_deliveries:
+                await self._guard(
+                    self._dead_letter(
+                        entry_id,
+                        fields[entry_id],
+                        "max-deliveries",
+                        deliveries[entry_id],
+                        "delivered more times than FLOWQ_MAX_DELIVERIES without an outcome",
                     )
-            results = await handle_batch(self.db, live, self.run_task, MAX_CONCURRENT_CALLS)
-            for entry_id in fields:
-                result = results.get(entry_id)
-                self._held.pop(entry_id, None)
-                if result is not None and result.outcome is Outcome.UNAVAILABLE:
-                    # Its count goes back to what it was before this delivery (see _after).
-                    count = max(0, deliveries.get(entry_id, 1) - 1)
-                    self._held[entry_id] = (fields[entry_id], count)
-            HELD.set(len(self._held))
-            acked = [i for i, r in results.items() if r.outcome.acks]
-            for result in results.values():
-                MESSAGES.labels(outcome=result.outcome.value).inc()
-            if acked and not await self._guard(stream.ack(self.redis, self.keys, *acked)):
-                # Not acked: they stay pending and are claimed again later. Redis is away, so
-                # pause before offering held entries again (the read loop would not).
-                self.redis_ok = False
-                self._paused_until = time.monotonic() + self._dependency_backoff.next()
-                return
-            if held:  # a held entry's count in Redis lags one behind: a failure must count
-                for entry_id, result in results.items():
-                    if result.outcome is Outcome.RETRY:
-                        await self._guard(
-                            stream.set_delivery_count(
-                                self.redis, self.keys, self.name, entry_id, deliveries[entry_id]
-                            )
-                        )
-            unavailable = False
-            for entry_id, result in results.items():
-                with log_context(entry_id=entry_id, task_id=result.task_id):
-                    unavailable |= result.outcome is Outcome.UNAVAILABLE
-                    await self._guard(
-                        self._after(entry_id, fields[entry_id], deliveries.get(entry_id, 1), result)
-                    )
-            waiting = [r.task_id for r in results.values() if r.dependency == "executor"]
-            if waiting:
-                try:
-                    await note_still_in_delivery(self.db, waiting)
-                except Exception as exc:  # noqa: BLE001 - only an optimisation of the sweep
-                    log.warning("could not note tasks still in delivery", extra={"error": str(exc)})
-            progress = any(r.outcome is Outcome.DISPATCHED for r in results.values())
-            if unavailable and progress:  # executors full: others got through, try again soon
-                self._dependency_backoff.reset()
-                self._paused_until = time.monotonic() + BUSY_PAUSE_SECONDS
-            elif unavailable:
-                delay = self._dependency_backoff.next()
-                self._paused_until = time.monotonic() + delay
-                log.warning(
-                    "a dependency is unavailable; pausing",
-                    extra={"pause_seconds": round(delay, 2), "entries_held": len(self._held)},
                 )
-            elif results:
-                self._dependency_backoff.reset()
+        results = await handle_batch(self.db, live, self.run_task, MAX_CONCURRENT_CALLS)
+        for entry_id in fields:
+            result = results.get(entry_id)
+            self._held.pop(entry_id, None)
+            if result is not None and result.outcome is Outcome.UNAVAILABLE:
+                # Its count goes back to what it was before this delivery (see _after).
+                count = max(0, deliveries.get(entry_id, 1) - 1)
+                self._held[entry_id] = (fields[entry_id], count)
+        HELD.set(len(self._held))
+        acked = [i for i, r in results.items() if r.outcome.acks]
+        for result in results.values():
+            MESSAGES.labels(outcome=result.outcome.value).inc()
+        if acked and not await self._guard(stream.ack(self.redis, self.keys, *acked)):
+            # Not acked: they stay pending and are claimed again later. Redis is away, so
+            # pause before offering held entries again (the read loop would not).
+            self.redis_ok = False
+            self._paused_until = time.monotonic() + self._dependency_backoff.next()
+            return
+        if held:  # a held entry's count in Redis lags one behind: a failure must count
+            for entry_id, result in results.items():
+                if result.outcome is Outcome.RETRY:
+                    await self._guard(
+                        stream.set_delivery_count(
+                            self.redis, self.keys, self.name, entry_id, deliveries[entry_id]
+                        )
+                    )
+        unavailable = False
+        for entry_id, result in results.items():
+            with log_context(entry_id=entry_id, task_id=result.task_id):
+                unavailable |= result.outcome is Outcome.UNAVAILABLE
+                await self._guard(
+                    self._after(entry_id, fields[entry_id], deliveries.get(entry_id, 1), result)
+                )
+        waiting = [r.task_id for r in results.values() if r.dependency == "executor"]
+        if waiting:
+            try:
+                await note_still_in_delivery(self.db, waiting)
+            except Exception as exc:  # noqa: BLE001 - only an optimisation of the sweep
+                log.warning("could not note tasks still in delivery", extra={"error": str(exc)})
+        progress = any(r.outcome is Outcome.DISPATCHED for r in results.values())
+        if unavailable and progress:  # executors full: others got through, try again soon
+            self._dependency_backoff.reset()
+            self._paused_until = time.monotonic() + BUSY_PAUSE_SECONDS
+        elif unavailable:
+            delay = self._dependency_backoff.next()
+            self._paused_until = time.monotonic() + delay
+            log.warning(
+                "a dependency is unavailable; pausing",
+                extra={"pause_seconds": round(delay, 2), "entries_held": len(self._held)},
+            )
+        elif results:
+            self._dependency_backoff.reset()
 
     async def _guard(self, action: object) -> bool:
         """Run a Redis write; on failure log it and leave the entry pending (it is claimed again)."""

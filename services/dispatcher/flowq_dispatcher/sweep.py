@@ -74,21 +74,7 @@ async def requeue_stale(
         ).all()
     count = 0
     for task_id, attempt, enqueued_at in rows:
-        async with db.session() as session:
-            result = await session.execute(
-                update(TaskRow)
-                .where(
-                    TaskRow.id == task_id,
-                    TaskRow.status == status.QUEUED,
-                    TaskRow.enqueued_at == enqueued_at,
-                )
-                .values(enqueued_at=now)
-            )
-            await session.commit()
-        if result.rowcount == 1:
-            await stream.enqueue(redis, keys, stream.Envelope.new(task_id, attempt))
-            RECOVERED.labels(reason="requeued").inc()
-            count += 1
+        count += await _enqueue_again(db, redis, keys, task_id, attempt, enqueued_at, "requeued")
     if count:
         log.info("re-enqueued queued tasks not delivered recently", extra={"tasks": count})
     return count
@@ -96,6 +82,44 @@ async def requeue_stale(
 
 #: Dead letters are read this many at a time when looking for parked tasks' letters.
 DEAD_LETTER_PAGE = 1000
+
+
+async def _enqueue_again(
+    db: Database,
+    redis: aioredis.Redis,
+    keys: Keys,
+    task_id: str,
+    attempt: int,
+    enqueued_at: datetime | None,
+    reason: str,
+    event: str = "",
+) -> bool:
+    """A QUEUED task's `enqueued_at` from what was read to now, by compare-and-set (so one
+    sweeper wins), with a `recovered` event saying `event` if given; then XADD it."""
+    now = utcnow()
+    async with db.session() as session:
+        result = await session.execute(
+            update(TaskRow)
+            .where(
+                TaskRow.id == task_id,
+                TaskRow.status == status.QUEUED,
+                TaskRow.enqueued_at == enqueued_at,  # IS NULL for a parked task
+            )
+            .values(enqueued_at=now)
+        )
+        if result.rowcount != 1:
+            await session.rollback()
+            return False
+        if event:
+            session.add(
+                TaskEventRow(
+                    task_id=task_id, at=now, type="recovered", message=event, attempt=attempt
+                )
+            )
+        await session.commit()
+    await stream.enqueue(redis, keys, stream.Envelope.new(task_id, attempt))
+    RECOVERED.labels(reason=reason).inc()
+    return True
 
 
 async def _dead_letter_task_ids(redis: aioredis.Redis, keys: Keys) -> set[str]:
@@ -132,37 +156,13 @@ async def unpark_lost(db: Database, redis: aioredis.Redis, keys: Keys) -> int:
     if not parked:
         return 0
     letters = await _dead_letter_task_ids(redis, keys)  # read after the parked tasks
+    gone = "its dead letter is gone (did Redis lose its data?); enqueued again"
     count = 0
     for task_id, attempt in parked:
-        if task_id in letters:
-            continue
-        now = utcnow()
-        async with db.session() as session:
-            result = await session.execute(
-                update(TaskRow)
-                .where(
-                    TaskRow.id == task_id,
-                    TaskRow.status == status.QUEUED,
-                    TaskRow.enqueued_at.is_(None),
-                )
-                .values(enqueued_at=now, updated_at=now)
+        if task_id not in letters:
+            count += await _enqueue_again(
+                db, redis, keys, task_id, attempt, None, "dead-letter-lost", gone
             )
-            if result.rowcount != 1:
-                await session.rollback()
-                continue
-            session.add(
-                TaskEventRow(
-                    task_id=task_id,
-                    at=now,
-                    type="recovered",
-                    message="its dead letter is gone (did Redis lose its data?); enqueued again",
-                    attempt=attempt,
-                )
-            )
-            await session.commit()
-        await stream.enqueue(redis, keys, stream.Envelope.new(task_id, attempt))
-        RECOVERED.labels(reason="dead-letter-lost").inc()
-        count += 1
     if count:
         log.warning("re-enqueued parked tasks whose dead letter is gone", extra={"tasks": count})
     return count

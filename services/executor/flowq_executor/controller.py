@@ -107,29 +107,30 @@ class TaskController:
         kept, self._kept = self._kept, []
         return kept
 
-    async def _write_step(self, name: str, **columns: Any) -> None:
-        """One fenced write of a step (`event`, `event_message` and its columns), carrying the
-        step ends kept back."""
+    @contextlib.asynccontextmanager
+    async def _carrying_kept(self) -> AsyncIterator[list[repository.StepWrite]]:
+        """The step ends kept back, for the write about to be made. If that write is interrupted
+        (a stop cancels a step in its write) or fails, they stay kept: the next write, the
+        task's end or its hand-back carries them."""
         kept = self._take_kept()
         try:
-            async with self._writing() as s:
-                await repository.update_step(s, self.fence, name, before=kept, **columns)
+            yield kept
         except BaseException:
-            # Interrupted (a stop cancels a step in its write) or failed: the step ends it
-            # carried go with the next write, or with the task's end.
             self._kept[:0] = kept
             raise
 
-    async def _write_kept(self) -> None:
-        kept = self._take_kept()
-        if not kept:
-            return
-        try:
-            async with self._writing() as s:
-                await repository.write_steps(s, self.fence, kept)
-        except BaseException:
-            self._kept[:0] = kept
-            raise
+    async def _write_steps(self, *writes: repository.StepWrite) -> None:
+        """One fenced transaction: the step ends kept back, then `writes`."""
+        async with self._carrying_kept() as kept:
+            if kept or writes:
+                async with self._writing() as s:
+                    await repository.write_steps(s, self.fence, [*kept, *writes])
+
+    async def _write_step(
+        self, name: str, *, event: str | None = None, event_message: str = "", **columns: Any
+    ) -> None:
+        """Set a step's columns and append its event, carrying the step ends kept back."""
+        await self._write_steps(repository.StepWrite(name, columns, event, event_message))
 
     def request_stop(self, reason: str, message: str = "") -> None:
         """Stop every running step now (cancel, timeout, release, fence moved).
@@ -254,7 +255,7 @@ class TaskController:
             if not self._steps:
                 break
             if not started:  # no step start carries the kept step ends: write them now
-                await self._write_kept()
+                await self._write_steps()
             done, _ = await asyncio.wait(self._steps.values(), return_when=asyncio.FIRST_COMPLETED)
             for name, task in list(self._steps.items()):
                 if task not in done:
@@ -414,11 +415,6 @@ class TaskController:
             message = f"step {name!r} failed: {error}"
         else:
             final, why, message = status.SUCCEEDED, "", ""
-        kept = self._take_kept()
-        try:
-            async with self._writing() as s:
-                await repository.finish_task(s, self.fence, final, why, message, before=kept)
-        except BaseException:
-            self._kept[:0] = kept  # a hand-back after this error still records them
-            raise
+        async with self._carrying_kept() as kept, self._writing() as s:
+            await repository.finish_task(s, self.fence, final, why, message, before=kept)
         log.info("task finished", extra={"status": final, "reason": why})

@@ -247,20 +247,6 @@ async def write_steps(session: AsyncSession, fence: Fence, writes: Sequence[Step
     await session.commit()
 
 
-async def update_step(
-    session: AsyncSession,
-    fence: Fence,
-    name: str,
-    *,
-    event: str | None = None,
-    event_message: str = "",
-    before: Sequence[StepWrite] = (),
-    **values: Any,
-) -> None:
-    """Set step columns, fenced, after the writes `before`; optionally append a task event."""
-    await write_steps(session, fence, [*before, StepWrite(name, values, event, event_message)])
-
-
 async def finish_task(
     session: AsyncSession,
     fence: Fence,
