@@ -21,6 +21,15 @@ from tests.support.stack import Stack
 SUCCEEDED = types_pb2.TASK_STATUS_SUCCEEDED
 
 
+def set_workflow_copies(db_path: str, spec: str) -> str:
+    """Set every task's workflow copy to `spec` (SQLite); returns the copy one of them had.
+    A copy no executor can read makes RunTask fail on the task."""
+    with sqlite3.connect(db_path) as db:
+        before = db.execute("SELECT workflow_spec FROM tasks").fetchone()[0]
+        db.execute("UPDATE tasks SET workflow_spec = ?", (spec,))
+    return before
+
+
 def test_malformed_entry_is_dead_lettered_at_once_and_dispatching_goes_on(
     procs, sqlite_database_url, redis_server_url, key_prefix, tmp_path
 ) -> None:
@@ -124,11 +133,7 @@ def test_entry_that_always_fails_is_dead_lettered_after_max_deliveries_and_repla
     with stack.client() as flowq:
         task = flowq.exec_workflow("demo", "count")
         doomed = flowq.exec_workflow("demo", "count")
-        with sqlite3.connect(db_path) as db:  # rows no executor can read: RunTask fails on them
-            good_spec = db.execute(
-                "SELECT workflow_spec FROM tasks WHERE id = ?", (task.task_id,)
-            ).fetchone()[0]
-            db.execute("UPDATE tasks SET workflow_spec = '{broken'")
+        good_spec = set_workflow_copies(db_path, "{broken")  # RunTask fails on them
         stack.start("dispatcher")
         letters = eventually(
             lambda: len(flowq.list_dead_letters()) == 2 and flowq.list_dead_letters(),
@@ -144,8 +149,7 @@ def test_entry_that_always_fails_is_dead_lettered_after_max_deliveries_and_repla
         assert flowq.queue_stats().length == 0 and len(flowq.list_dead_letters()) == 2
         assert not ledger.exists()
 
-        with sqlite3.connect(db_path) as db:  # the cause is fixed
-            db.execute("UPDATE tasks SET workflow_spec = ?", (good_spec,))
+        set_workflow_copies(db_path, good_spec)  # the cause is fixed
         by_task = {d.task_id: d.id for d in letters}
         assert flowq.replay_dead_letters([by_task[task.task_id]]) == 1
         assert flowq.wait(task.task_id, timeout=30).status == SUCCEEDED
@@ -261,13 +265,10 @@ def test_a_parked_task_whose_dead_letter_redis_lost_is_enqueued_again(
     db_path = sqlite_database_url.removeprefix("sqlite:///")
     with stack.client() as flowq:
         task = flowq.exec_workflow("demo", "count")
-        with sqlite3.connect(db_path) as db:  # a row no executor can read: RunTask fails
-            good_spec = db.execute("SELECT workflow_spec FROM tasks").fetchone()[0]
-            db.execute("UPDATE tasks SET workflow_spec = '{broken'")
+        good_spec = set_workflow_copies(db_path, "{broken")  # RunTask fails on it
         stack.start("dispatcher")
         eventually(lambda: len(flowq.list_dead_letters()) == 1, timeout=60, what="a dead letter")
-        with sqlite3.connect(db_path) as db:
-            db.execute("UPDATE tasks SET workflow_spec = ?", (good_spec,))
+        set_workflow_copies(db_path, good_spec)
         assert flowq.get_task(task.task_id).status == types_pb2.TASK_STATUS_QUEUED  # parked
         redis.Redis.from_url(redis_server_url).delete(f"{key_prefix}:dispatch:dlq")
         done = flowq.wait(task.task_id, timeout=30)
